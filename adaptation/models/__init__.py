@@ -1,5 +1,6 @@
 """Models: one configurable transformer block, the stacks and models built from it, presets."""
 
+from adaptation.models import layout, masks
 from adaptation.models.config import AttentionKind, EncoderDecoderConfig, TransformerConfig, encoder_decoder_from
 from adaptation.models.presets import decoder_only, encoder_decoder
 from adaptation.models.transformer import DecoderOnlyLM, EncoderDecoder, EncoderOnly, Stack
@@ -15,4 +16,6 @@ __all__ = [
     "decoder_only",
     "encoder_decoder",
     "encoder_decoder_from",
+    "layout",
+    "masks",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax.core import meta
 
 _LAYER = re.compile(r"^layers_(\d+)$")
 
@@ -26,6 +27,7 @@ def stack_layers(stack: dict) -> dict:
     """Per-layer -> scanned layout (numpy stacking; arrays stay on host)."""
     if is_scanned(stack):
         return stack
+    stack = meta.unbox(stack)
     indices = sorted(int(m.group(1)) for k in stack if (m := _LAYER.match(k)))
     if indices != list(range(len(indices))):
         raise ValueError(f"stack layers are not numbered 0..{len(indices) - 1}: {indices}")
@@ -38,6 +40,7 @@ def unstack_layers(stack: dict) -> dict:
     """Scanned -> per-layer layout."""
     if not is_scanned(stack):
         return stack
+    stack = meta.unbox(stack)
     num = jax.tree.leaves(stack["layers"])[0].shape[0]
     rest = {k: v for k, v in stack.items() if k != "layers"}
     for i in range(num):
