@@ -119,31 +119,22 @@ def load_encoder(
     causal: bool = False,
     head: Optional[HeadConfig] = None,
     rng: Optional[jax.Array] = None,
+    config: Any = None,
     **overrides: Any,
 ) -> tuple[Union[EncoderOnly, EncoderClassifier], Params]:
     """An encoder-only model from any checkpoint `adaptation.load_checkpoint` reads.
 
-    Decoder-only checkpoints (Gemma 2, Gemma 3, converted or official) give the same weights run
-    bidirectionally; encoder-decoder checkpoints give their encoder. Returns `(model, params)` with
+    Decoder-only checkpoints (Gemma 2, Gemma 3; Hugging Face, official Flax, ours) give the same
+    weights run bidirectionally; encoder-decoder checkpoints give their encoder; a T5Gemma
+    classifier directory gives its encoder. Returns `(model, params)` with
     `model.apply({"params": params}, tokens) -> [B, T, D]` final-norm hidden states (id 0 is
-    padding), or an `EncoderClassifier` when `head` is given. See `encoder_from_params`.
+    padding), or an `EncoderClassifier` when `head` is given (see `encoder_from_params`).
+    `config` is passed to `read_checkpoint` (a preset name for official Gemma checkpoints).
     """
-    from adaptation.checkpoints.loader import load_checkpoint
+    from adaptation.checkpoints.loader import read_checkpoint
 
-    config, params = _config_and_params(load_checkpoint(path), path)
-    return encoder_from_params(config, params, causal=causal, head=head, rng=rng, **overrides)
-
-
-def _config_and_params(loaded: Any, path: str) -> tuple[Any, Params]:
-    """(config, params) from what `load_checkpoint` returns (a pair, or an object/dict with both)."""
-    if isinstance(loaded, dict) and "params" in loaded and "config" in loaded:
-        return loaded["config"], loaded["params"]
-    if hasattr(loaded, "config") and hasattr(loaded, "params"):
-        return loaded.config, loaded.params
-    if isinstance(loaded, tuple) and len(loaded) == 2:
-        a, b = loaded
-        return (a, b) if isinstance(a, (TransformerConfig, EncoderDecoderConfig)) else (b, a)
-    raise TypeError(f"load_checkpoint({path!r}) returned {type(loaded).__name__}; expected config and params.")
+    source, params = read_checkpoint(path, config=config)
+    return encoder_from_params(source, params, causal=causal, head=head, rng=rng, **overrides)
 
 
 def pad_batch(

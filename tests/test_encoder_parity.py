@@ -205,3 +205,49 @@ def test_scanned_layout_gives_same_hidden_states(setup):
     assert np.abs(a - b)[np.asarray(tokens) != 0].max() <= 1e-5
     assert isinstance(EncoderClassifier, type)
     jax.clear_caches()
+
+
+def test_load_encoder_from_a_gemma2_checkpoint_directory(tmp_path):
+    """A saved HF Gemma 2 decoder-only checkpoint -> `adaptation.load_encoder` == T5Gemma encoder on its weights."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    import adaptation
+
+    cfg = decoder_only("tiny", num_layers=2)
+    torch.manual_seed(1)
+    gemma2 = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.hidden_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, query_pre_attn_scalar=cfg.query_pre_attn_scalar, sliding_window=cfg.sliding_window,
+        attn_logit_softcapping=cfg.attn_logits_soft_cap, final_logit_softcapping=cfg.final_logit_soft_cap,
+    )).float().eval()
+    with torch.no_grad():
+        for name, p in gemma2.named_parameters():
+            if "norm" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    gemma2.save_pretrained(tmp_path)
+
+    # The oracle: T5Gemma's encoder holding the Gemma 2 weights.
+    encoder = _hf_classifier(cfg).model
+    renames = {"input_layernorm": "pre_self_attn_layernorm", "post_attention_layernorm": "post_self_attn_layernorm"}
+    state = {}
+    for name, value in gemma2.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        name = name.replace("model.", "encoder.", 1)
+        for old, new in renames.items():
+            name = name.replace(f".{old}.", f".{new}.")
+        state[name] = value
+    missing, unexpected = encoder.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+
+    model, params = adaptation.load_encoder(str(tmp_path))
+    assert not model.config.causal and set(params) == {"embedder", "encoder"}
+    tokens = _batch(cfg)
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens)))
+    with torch.no_grad():
+        ids = torch.tensor(tokens)
+        theirs = encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state.numpy()
+    diff = np.abs(ours - theirs)[tokens != 0].max()
+    print(f"load_encoder(Gemma 2 dir) vs T5Gemma encoder: max |diff| = {diff:.3e}")
+    assert diff <= 1e-4
