@@ -35,9 +35,9 @@ CONFIGURABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adaptation.objectives.losses", ("cross_entropy_loss_fn",)),
     ("adaptation.objectives.distillation", ("make_kd_loss_fn",)),
 )
-# Configurables that need TensorFlow / seqio: registered by entry points that read data.
+# Configurables of entry points that read data (their module imports no TensorFlow).
 DATA_CONFIGURABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("adaptation.data.iterator", ("DatasetConfig",)),
+    ("adaptation.data.config", ("DatasetConfig",)),
 )
 
 

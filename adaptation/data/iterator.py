@@ -10,50 +10,21 @@ Each process reads its own shard (`seqio.ShardInfo(process_index, process_count)
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 from typing import Callable, Iterator, Mapping, Optional
+
+__all__ = ["BatchIterator", "DatasetConfig", "get_dataset", "host_shard"]
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from adaptation.data.config import DatasetConfig
 from adaptation.data.features import feature_converter
 
 Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-    """A seqio task or mixture read as batches.
-
-    Attributes:
-      mixture_or_task_name: registered seqio task or mixture.
-      task_feature_lengths: e.g. {"inputs": 512, "targets": 512}.
-      batch_size: global batch size (all processes together).
-      split: dataset split.
-      shuffle: shuffle examples (with `seed`).
-      seed: shuffle / preprocessing seed; fixed so that the pipeline is reproducible.
-      pack: pack several examples per row (segment ids and positions are added).
-      use_cached: read seqio's offline cache.
-      num_epochs: None repeats forever (training); 1 for one pass (evaluation).
-      model_kind: "encoder_decoder" or "decoder_only" (feature converter).
-      module: a Python module to import first (it registers the tasks), e.g. "tasks.ul2".
-    """
-
-    mixture_or_task_name: str
-    task_feature_lengths: Mapping[str, int]
-    batch_size: int
-    split: str = "train"
-    shuffle: bool = True
-    seed: Optional[int] = 0
-    pack: bool = False
-    use_cached: bool = False
-    num_epochs: Optional[int] = None
-    model_kind: str = "encoder_decoder"
-    module: Optional[str] = None
 
 
 def host_shard() -> seqio.ShardInfo:
