@@ -105,7 +105,13 @@ class TrainCheckpointer:
             create=True,
             enable_async_checkpointing=config.async_save,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = {
+            "params": ocp.StandardCheckpointHandler(),
+            "opt_state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+            "data_iterator": ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> Optional[int]:
         """The newest finished checkpoint's step, or None."""
