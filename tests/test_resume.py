@@ -37,31 +37,33 @@ def _wait_for_step(proc, model_dir, step, timeout=400):
 def test_sigkill_resume_matches_uninterrupted_run_and_sigterm_saves(tmp_path):
     gin_file = write_task_files(tmp_path, "SAVE_EVERY_STEPS = 4\nKEEP_CHECKPOINTS = 2")
     env = cli_env(tmp_path, cache=tmp_path / "jax_cache")
-    steps = "--gin.TRAIN_STEPS=16"
+    steps = "--gin.TRAIN_STEPS=24"
 
     reference = tmp_path / "reference"
     done = subprocess.run(train_command(gin_file, reference, steps), env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = read_metrics(reference)
-    assert sorted(expected) == list(range(1, 17))
+    assert sorted(expected) == list(range(1, 25))
 
     # SIGKILL mid-run, then restart: the losses of every step equal the uninterrupted run's.
     killed = tmp_path / "killed"
     proc = subprocess.Popen(train_command(gin_file, killed, steps), env=env, stderr=subprocess.PIPE, text=True)
     _wait_for_step(proc, killed, 6)
+    while not (killed / "checkpoints" / "4").is_dir() and proc.poll() is None:  # a finished checkpoint
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     checkpoints = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
-    assert checkpoints and max(checkpoints) < 16
+    assert checkpoints and max(checkpoints) < 24
     resumed = subprocess.run(train_command(gin_file, killed, steps), env=env, capture_output=True, text=True, timeout=420)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     got = read_metrics(killed)
-    assert sorted(got) == list(range(1, 17))
-    for step in range(1, 17):
+    assert sorted(got) == list(range(1, 25))
+    for step in range(1, 25):
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], abs=1e-6), step
-    assert sorted(int(s) for s in os.listdir(killed / "checkpoints")) == [12, 16]  # keep 2
+    assert sorted(int(s) for s in os.listdir(killed / "checkpoints")) == [20, 24]  # keep 2
 
     # SIGTERM: the run saves the step it is at and exits cleanly.
     termed = tmp_path / "termed"
