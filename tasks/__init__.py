@@ -1,0 +1,1 @@
+"""seqio task registrations. `import tasks.pretraining` registers the UL2 / PrefixLM pretraining tasks."""
