@@ -168,6 +168,12 @@ def test_trainable_mask_per_layer_and_scanned():
     assert sorted(p for p, m in smask.items() if m) == sorted(
         {p.replace("layers_0", "layers").replace("layers_1", "layers") for p in out.new_param_paths}
     )
+    # The warm-up: an optimizer that updates the new params only.
+    optax = pytest.importorskip("optax")
+    tx = optax.multi_transform({True: optax.sgd(1.0), False: optax.set_to_zero()}, trainable_mask(out.params, out.new_param_paths))
+    grads = jax.tree.map(np.ones_like, out.params)
+    updates = flatten(tx.update(grads, tx.init(out.params), out.params)[0])
+    assert all(bool(np.any(u)) == mask[p] for p, u in updates.items())
     with pytest.raises(ValueError, match="name no parameter"):
         trainable_mask(out.params, ["decoder/layers_0/cross_atn/q"])
     with pytest.raises(ValueError, match="only some layers"):
