@@ -123,12 +123,20 @@ def write_operative_config(model_dir: str, filename: str = "config.gin") -> Opti
     return text
 
 
+class _GinSearchNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Path not found") or message.startswith("system_path_file_exists"))
+
+
 def run(main_fn: Callable[[Any], Any], description: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parses flags and gin, then calls `main_fn(args)`; clean messages instead of tracebacks for
     configuration errors. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # gin logs every search path it tries as an error
+        handler.addFilter(_GinSearchNoise())
     argv = rewrite_gin_args(sys.argv[1:] if argv is None else argv)
     parser = make_parser(description)
     args = parser.parse_args(argv)

@@ -132,6 +132,33 @@ def test_cli_trains_tiny_encoder_decoder(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / f"eval_{TASK}"))
     assert f"eval {TASK} at step 4" in proc.stderr
     assert "step 4/4 loss" in proc.stderr and "ETA" in proc.stderr
+    assert "Path not found" not in proc.stderr
+
+    # The eval and infer entry points read the run directory (its latest checkpoint).
+    eval_gin = tmp_path / "eval.gin"
+    eval_gin.write_text(
+        f"import trainer_test_tasks\ninclude 'runs/eval.gin'\nEVAL_TASKS = ['{TASK}']\n"
+        "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 24}\nNUM_EXAMPLES = 8\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaptation.eval", f"--gin_file={eval_gin}", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+         f"--gin.EVAL_OUTPUT_DIR='{model_dir}'"],
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((model_dir / "eval_results.jsonl").read_text().splitlines()[-1])["results"][TASK]
+    assert np.isfinite(result["token_loss"]) and 0 <= result["token_accuracy"] <= 1
+    (tmp_path / "inputs.txt").write_text("To be, or not to be\nthat is the question\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaptation.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+         f"--gin.OUTPUT_FILE='{tmp_path / 'pred.jsonl'}'", f"--gin.INPUT_FILE='{tmp_path / 'inputs.txt'}'",
+         "--gin.INPUTS_LENGTH=24", "--gin.MAX_DECODE_LENGTH=6"],
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert [p["inputs"] for p in predictions] == ["To be, or not to be", "that is the question"]
+    assert all(isinstance(p["prediction"], str) for p in predictions)
 
 
 @pytest.mark.parametrize(
@@ -157,8 +184,9 @@ def test_hosts_read_disjoint_shards(tmp_path):
     write_task_files(tmp_path)
     sys.path.insert(0, str(tmp_path))
     try:
-        from adaptation.data.iterator import BatchIterator, DatasetConfig
         import seqio
+
+        from adaptation.data.iterator import BatchIterator, DatasetConfig
 
         config = DatasetConfig(TASK, {"inputs": 24, "targets": 24}, batch_size=4, module="trainer_test_tasks", shuffle=False)
         firsts = []
