@@ -35,6 +35,10 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-par
 LogicalRules = tuple[tuple[str, Any], ...]
 
 
+class MeshShapeError(ValueError):
+    """A mesh shape that does not fit the devices."""
+
+
 def standard_logical_axis_rules() -> LogicalRules:
     """Logical axis name -> mesh axes (None: replicated). FSDP on `embed`, tensor parallelism on
     heads / MLP / vocabulary, the batch over data x fsdp."""
@@ -83,18 +87,18 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
     """Fills a -1 entry so that the product equals `num_devices`; errors naming both numbers."""
     shape = tuple(int(s) for s in mesh_shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh_shape {shape} must give one size per mesh axis {MESH_AXES}.")
+        raise MeshShapeError(f"mesh_shape {shape} must give one size per mesh axis {MESH_AXES}.")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh_shape {shape}: sizes must be positive, with at most one -1.")
+        raise MeshShapeError(f"mesh_shape {shape}: sizes must be positive, with at most one -1.")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise ValueError(
+            raise MeshShapeError(
                 f"mesh_shape {shape} cannot be filled: {num_devices} devices are not a multiple of {known}."
             )
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
-        raise ValueError(
+        raise MeshShapeError(
             f"mesh_shape {shape} needs {math.prod(shape)} devices, but {num_devices} are available; "
             "set MESH_SHAPE so that the product matches (one entry may be -1)."
         )

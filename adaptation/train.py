@@ -22,6 +22,7 @@ import numpy as np
 from adaptation import gin_utils, partitioning
 from adaptation.checkpoints.train_state import (
     CheckpointConfig,
+    IncompatibleCheckpointError,
     PreemptionWatcher,
     TrainCheckpointer,
     write_model_config,
@@ -308,7 +309,7 @@ def _main(args) -> int:
     gin_utils.parse_config(args.gin_file, args.gin_bindings, args.search_paths)
     try:
         configured(write_config=gin_utils.write_operative_config)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, IncompatibleCheckpointError, partitioning.MeshShapeError) as e:
         logging.error("%s", e)
         return 1
     return 0

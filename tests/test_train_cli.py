@@ -209,3 +209,13 @@ def test_hosts_read_disjoint_shards(tmp_path):
         np.testing.assert_array_equal(next(resumed)["encoder_input_tokens"], batches[2]["encoder_input_tokens"])
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_cli_mesh_that_does_not_fit_is_a_short_error(tmp_path):
+    gin_file = write_task_files(tmp_path)
+    proc = subprocess.run(
+        train_command(gin_file, tmp_path / "run", "--gin.TRAIN_STEPS=2", "--gin.MESH_SHAPE=(4, 4, 1)"),
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert "needs 16 devices, but 8 are available" in proc.stderr and "Traceback" not in proc.stderr

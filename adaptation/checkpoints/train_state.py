@@ -54,6 +54,10 @@ def write_model_config(model_dir: str | os.PathLike, model_config: Any) -> None:
         native.write_model_config(model_dir, model_config)
 
 
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint whose params do not fit the model (names the parameter)."""
+
+
 class PreemptionWatcher:
     """Knows when to save and stop: SIGTERM (one process) or a multi-host preemption sync point.
 
@@ -144,9 +148,12 @@ class TrainCheckpointer:
         step = self.latest_step() if step is None else step
         meta = self.manager.item_metadata(step)["params"]
         tree = getattr(meta, "tree", meta)
-        check_tree_shapes(
-            abstract_params, tree, f"checkpoint {self.directory / str(step)} params"
-        )
+        try:
+            check_tree_shapes(abstract_params, tree, f"checkpoint {self.directory / str(step)} params")
+        except ValueError as e:
+            raise IncompatibleCheckpointError(
+                f"{e} This directory belongs to another model: use a new MODEL_DIR (nothing was written)."
+            ) from None
 
     def restore(self, abstract_state: TrainState, shardings: TrainState, step: Optional[int] = None) -> tuple[TrainState, dict]:
         """Restores (state, data iterator state) into `shardings` (any mesh)."""
