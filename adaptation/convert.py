@@ -1,18 +1,27 @@
 """Checkpoint conversion CLI: `python -m adaptation.convert` / `adaptation-convert`.
 
   adaptation-convert --input PATH [--input_decoder PATH] --output PATH --to {orbax,hf}
-                     [--adapt balanced|unbalanced] [--dtype bfloat16|float32] [--config PRESET] [--dry_run]
+                     [--adapt balanced|unbalanced] [--[no-]merged_attention] [--[no-]tie_embeddings]
+                     [--dtype bfloat16|float32] [--config PRESET] [--dry_run]
 
-- `--input`: any checkpoint `adaptation.load_checkpoint` reads (HF Gemma 2 / T5Gemma directory, our
-  model directory, a trainer run, an official Gemma Flax/Orbax checkpoint; `--config` names the
-  preset for the last, whose window and soft-caps the shapes cannot tell).
+- `--input`: any checkpoint `adaptation.load_checkpoint` reads (HF Gemma 2 / Gemma 3 / T5Gemma /
+  T5Gemma 2 directory, our model directory, a trainer run, an official Gemma Flax/Orbax checkpoint;
+  `--config` names the preset for the last, whose window and soft-caps the shapes cannot tell).
 - `--adapt balanced`: the decoder-only input becomes an encoder-decoder model, both stacks from it
   (or the decoder from `--input_decoder`), cross-attention copied from self-attention.
   `--adapt unbalanced`: encoder from `--input`, decoder from `--input_decoder` (required),
   cross-attention freshly initialized (the params listed as new).
+- The style of the adapted model: T5Gemma 2 (`--merged_attention`: one merged attention per decoder
+  layer initialized from the source self-attention, `--tie_embeddings`: one table for encoder,
+  decoder and output head, and the encoder reads the sliding window as a width, as transformers'
+  T5Gemma2 does) or T5Gemma (`--no-merged_attention --no-tie_embeddings`: cross-attention, separate
+  tables). Default: T5Gemma 2 style when the decoder source has Gemma 3 blocks (QK-norm), T5Gemma
+  style otherwise; `--tie_embeddings` defaults to `--merged_attention`. The choice is printed.
 - `--to orbax`: our model directory (model_config.json + orbax params), read by `load_checkpoint`;
-  `--to hf`: a Hugging Face directory (Gemma 2 for decoder-only models, T5Gemma for
-  encoder-decoder models, the T5Gemma encoder-only classifier for classifier params).
+  `--to hf`: a Hugging Face directory (Gemma 2 or Gemma 3 (`Gemma3ForCausalLM`) for decoder-only
+  models, T5Gemma for encoder-decoder models with cross-attention, T5Gemma 2
+  (`T5Gemma2ForConditionalGeneration`, text path) for merged attention with tied embeddings, the
+  T5Gemma encoder-only classifier for classifier params).
 - `--dry_run`: prints the name/shape mapping from the configs alone (no tensor is read) and writes nothing.
 Bad input prints one line `adaptation-convert: error: ...` and exits with status 2; outputs are
 written into a temporary directory and renamed at the end, so a failure leaves nothing behind.
@@ -49,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory to write (must not exist)")
     p.add_argument("--to", required=True, choices=("orbax", "hf"), help="output format")
     p.add_argument("--adapt", choices=("balanced", "unbalanced"), help="decoder-only -> encoder-decoder")
+    p.add_argument("--merged_attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --adapt: T5Gemma 2 merged attention (default: on for Gemma 3 block sources)")
+    p.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --adapt: one embedding table for encoder, decoder and head (default: --merged_attention)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), help="cast the params (default: keep the stored dtype)")
     p.add_argument("--config", help="preset name for official Gemma Flax inputs (e.g. gemma2_2b)")
     p.add_argument("--dry_run", action="store_true", help="print the name/shape mapping; write nothing")
@@ -58,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.input_decoder and not args.adapt:
         raise CheckpointError("--input_decoder is only used with --adapt.")
+    for flag in ("merged_attention", "tie_embeddings"):
+        if getattr(args, flag, None) is not None and not args.adapt:
+            raise CheckpointError(f"--{flag} / --no-{flag} are only used with --adapt.")
     if args.adapt == "unbalanced" and not args.input_decoder:
         raise CheckpointError("--adapt unbalanced needs --input_decoder (the smaller decoder-only checkpoint).")
     for flag, path in (("--input", args.input), ("--input_decoder", args.input_decoder)):
@@ -72,13 +88,29 @@ def _require_decoder_only(config: AnyConfig, flag: str, path: str) -> None:
         raise CheckpointError(f"--adapt needs decoder-only checkpoints; {flag} {path!r} is {kind_of(config)}.")
 
 
+def adapt_style(args: argparse.Namespace, decoder_source) -> tuple[bool, bool]:
+    """(merged_attention, tie_embeddings) of an adaptation: the flags, else T5Gemma 2 style for
+    sources with Gemma 3 blocks (QK-norm) and T5Gemma style otherwise."""
+    merged = getattr(args, "merged_attention", None)
+    if merged is None:
+        merged = bool(decoder_source.use_qk_norm)
+    tied = getattr(args, "tie_embeddings", None)
+    return merged, merged if tied is None else tied
+
+
 def _adapt(args, enc, dec):
     """Runs `adaptation.adapt.adapt` on (config, params) sources; returns (config, params, new paths)."""
     from adaptation.adapt import adapt
 
-    init = "copy" if args.adapt == "balanced" else "random"
-    adapted = adapt(enc, dec, cross_attention_init=init)
-    return adapted.config, adapted.params, list(adapted.new_param_paths)
+    merged, tied = adapt_style(args, (dec or enc)[0])
+    init = None if merged else ("copy" if args.adapt == "balanced" else "random")
+    print(f"adapting: {'merged attention' if merged else 'cross-attention'}, "
+          f"{'tied' if tied else 'separate'} embeddings ({'T5Gemma 2' if merged and tied else 'T5Gemma'} style)")
+    adapted = adapt(enc, dec, cross_attention_init=init, merged_attention=merged, tie_all_embeddings=tied)
+    config = adapted.config
+    if merged:  # T5Gemma 2 encoders read the sliding window as a width (transformers' T5Gemma2).
+        config = config.replace(encoder=config.encoder.replace(bidirectional_window="width"))
+    return config, adapted.params, list(adapted.new_param_paths)
 
 
 def _shape_stand_ins(config: AnyConfig, dtype: Any = np.float32) -> dict:
@@ -91,8 +123,11 @@ def _shape_stand_ins(config: AnyConfig, dtype: Any = np.float32) -> dict:
 
 def _hf_entries(config: AnyConfig):
     """The HF name map entries an export of this config would write."""
-    from adaptation.checkpoints import hf_t5gemma
+    from adaptation.checkpoints import hf_t5gemma, hf_t5gemma2
 
+    if kind_of(config) == ENCODER_DECODER and config.decoder.merged_attention:
+        hf_t5gemma2.config_to_hf(config)  # the errors of a config T5Gemma2 cannot express
+        return hf_t5gemma2.T5GEMMA2_NAMES.entries(expected_shapes(config))
     if kind_of(config) == ENCODER_DECODER:
         untied = config.replace(tie_all_embeddings=False)  # exported as two equal tables
         return hf_t5gemma.T5GEMMA_NAMES.entries(expected_shapes(untied))
@@ -149,14 +184,16 @@ def _dry_run(args) -> None:
 
 
 def _write(args, config: AnyConfig, params: dict) -> None:
-    from adaptation.checkpoints import hf_gemma, hf_t5gemma
+    from adaptation.checkpoints import hf_gemma, hf_t5gemma, hf_t5gemma2
     from adaptation.checkpoints.native import save_model
 
     if args.to == "orbax":
         save_model(args.output, config, params)
         return
     kind = kind_of(config)
-    if kind == ENCODER_DECODER:
+    if kind == ENCODER_DECODER and config.decoder.merged_attention:
+        hf_t5gemma2.export_t5gemma2(args.output, config, params)
+    elif kind == ENCODER_DECODER:
         hf_t5gemma.export_t5gemma(args.output, config, params)
     elif kind == DECODER_ONLY:
         hf_gemma.export_decoder(args.output, config, params, _decoder_family(config))

@@ -1,4 +1,4 @@
-"""Checkpoint formats: Hugging Face (Gemma 2, T5Gemma), official Gemma Flax/Orbax, and our own.
+"""Checkpoint formats: Hugging Face (Gemma 2, Gemma 3, T5Gemma, T5Gemma 2), official Gemma Flax/Orbax, and our own.
 
 Exports are lazy (PEP 562) so that importing one format does not import the others.
 """
@@ -14,6 +14,10 @@ _EXPORTS = {
     "detect_format": "adaptation.checkpoints.loader",
     "import_gemma2": "adaptation.checkpoints.hf_gemma",
     "export_gemma2": "adaptation.checkpoints.hf_gemma",
+    "import_gemma3": "adaptation.checkpoints.hf_gemma",
+    "export_gemma3": "adaptation.checkpoints.hf_gemma",
+    "import_t5gemma2": "adaptation.checkpoints.hf_t5gemma2",
+    "export_t5gemma2": "adaptation.checkpoints.hf_t5gemma2",
     "import_t5gemma": "adaptation.checkpoints.hf_t5gemma",
     "export_t5gemma": "adaptation.checkpoints.hf_t5gemma",
     "import_t5gemma_classifier": "adaptation.checkpoints.hf_t5gemma",

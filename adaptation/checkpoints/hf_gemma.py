@@ -16,14 +16,22 @@ Name map (ours -> HF; `{i}` the layer), hooks from `checkpoints.common`:
 Norm scales are `w` in `(1 + w)` on both sides. The output head is tied to the embedding; an
 `lm_head.weight` stored beside it must equal it.
 
-A family is an `HFDecoderFamily` entry in `FAMILIES` (model_type -> names, config conversion);
-Gemma 3 (`Gemma3ForCausalLM`) is one more entry reusing `GEMMA_DECODER_BLOCK` (which already names
-the QK-norm scales) with its own config functions.
+A family is an `HFDecoderFamily` entry in `FAMILIES` (model_type -> names, config conversion):
+- `gemma2` (`Gemma2ForCausalLM`);
+- `gemma3_text` (`Gemma3ForCausalLM`): the same names, QK-norm scales included, config.json in the
+  Gemma 3 style (RoPE per layer type, linear scaling on global layers; `hf_common.GEMMA3_STYLE`);
+- `gemma3` (`Gemma3ForConditionalGeneration`, multimodal; import only): the text model's tensors are
+  `language_model.model.{embed_tokens,layers.{i},norm}.*` (the released files, and what transformers
+  5.23 `save_pretrained` writes; head `language_model.lm_head.weight` when stored) or the in-memory
+  names `model.language_model.*` (head `lm_head.weight`); the config is `text_config`. The vision
+  tower (`vision_tower.*`) and the multimodal projector (`multi_modal_projector.*`) are skipped, with
+  a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -37,6 +45,7 @@ from adaptation.checkpoints.common import (
     per_layer,
 )
 from adaptation.checkpoints.hf_common import (
+    GEMMA3_STYLE,
     check_params,
     dtype_name,
     hf_tensors,
@@ -44,6 +53,7 @@ from adaptation.checkpoints.hf_common import (
     read_params,
     stack_config_from_hf,
     stack_config_to_hf,
+    stacks_of,
 )
 from adaptation.checkpoints.safetensors_io import (
     DEFAULT_SHARD_BYTES,
@@ -53,6 +63,8 @@ from adaptation.checkpoints.safetensors_io import (
 )
 from adaptation.models import layout
 from adaptation.models.config import TransformerConfig
+
+log = logging.getLogger(__name__)
 
 # Our block path -> (HF name inside a decoder layer, hook). Shared by every decoder-only Gemma.
 GEMMA_DECODER_BLOCK = {
@@ -93,6 +105,15 @@ class HFDecoderFamily:
     tied_head: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"lm_head.weight": "model.embed_tokens.weight"}
     )
+    alternatives: tuple[tuple[NameMap, Mapping[str, str]], ...] = ()
+    skip: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def names_for(self, reader: SafetensorsReader) -> tuple[NameMap, Mapping[str, str]]:
+        """(names, tied head) of the naming scheme a checkpoint uses: the first whose embedding is stored."""
+        for names, tied in ((self.names, self.tied_head), *self.alternatives):
+            if names.top["embedder/embedding"][0] in reader:
+                return names, tied
+        return self.names, self.tied_head
 
 
 def _gemma2_config_from_hf(hf: Mapping[str, Any], source: str) -> TransformerConfig:
@@ -109,8 +130,76 @@ def _gemma2_config_to_hf(cfg: TransformerConfig) -> dict:
 
 GEMMA2 = HFDecoderFamily("gemma2", "Gemma2ForCausalLM", GEMMA_CAUSAL_LM_NAMES, _gemma2_config_from_hf, _gemma2_config_to_hf)
 
-# model_type -> family. Gemma 3 goes here as another entry.
-FAMILIES: dict[str, HFDecoderFamily] = {GEMMA2.model_type: GEMMA2}
+def _gemma3_config_from_hf(hf: Mapping[str, Any], source: str) -> TransformerConfig:
+    if hf.get("tie_word_embeddings") is False:
+        raise CheckpointError(f"{source}: tie_word_embeddings=false is not supported (Gemma ties the output head).")
+    return stack_config_from_hf(hf, source, GEMMA3_STYLE)
+
+
+def _gemma3_config_to_hf(cfg: TransformerConfig) -> dict:
+    if not cfg.causal or cfg.cross_attention:
+        raise CheckpointError("Gemma3ForCausalLM needs a causal decoder-only config.")
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "use_bidirectional_attention": False,
+        **stack_config_to_hf(cfg, "Gemma3ForCausalLM", GEMMA3_STYLE),
+    }
+
+
+GEMMA3 = HFDecoderFamily("gemma3_text", "Gemma3ForCausalLM", GEMMA_CAUSAL_LM_NAMES, _gemma3_config_from_hf, _gemma3_config_to_hf)
+
+
+def _language_model_names(prefix: str) -> NameMap:
+    return NameMap(
+        top={
+            "embedder/embedding": (f"{prefix}embed_tokens.weight", IDENTITY),
+            "decoder/final_norm/scale": (f"{prefix}norm.weight", IDENTITY),
+        },
+        stacks={"decoder": prefix + "layers.{i}."},
+        block=GEMMA_DECODER_BLOCK,
+    )
+
+
+def _gemma3_multimodal_config_from_hf(hf: Mapping[str, Any], source: str) -> TransformerConfig:
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise CheckpointError(f"{source}: Gemma3ForConditionalGeneration config has no 'text_config' object.")
+    if "vision_config" in hf:
+        log.warning(
+            "%s: Gemma3ForConditionalGeneration: loading the text model only; the vision tower and the multimodal "
+            "projector are skipped.", source,
+        )
+    return _gemma3_config_from_hf({"tie_word_embeddings": hf.get("tie_word_embeddings"), **text},
+                                  f"{source} (text_config)")
+
+
+def _gemma3_multimodal_config_to_hf(cfg: TransformerConfig) -> dict:
+    raise CheckpointError(
+        "Gemma3ForConditionalGeneration (multimodal) is import-only: the text model is written as Gemma3ForCausalLM."
+    )
+
+
+GEMMA3_MULTIMODAL = HFDecoderFamily(
+    "gemma3",
+    "Gemma3ForConditionalGeneration",
+    _language_model_names("language_model.model."),
+    _gemma3_multimodal_config_from_hf,
+    _gemma3_multimodal_config_to_hf,
+    tied_head={"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"},
+    alternatives=(
+        (_language_model_names("model.language_model."), {"lm_head.weight": "model.language_model.embed_tokens.weight"}),
+    ),
+    skip={
+        "model.vision_tower.": "vision tower",
+        "model.multi_modal_projector.": "multimodal projector",
+        "vision_tower.": "vision tower",
+        "multi_modal_projector.": "multimodal projector",
+    },
+)
+
+# model_type -> family.
+FAMILIES: dict[str, HFDecoderFamily] = {f.model_type: f for f in (GEMMA2, GEMMA3, GEMMA3_MULTIMODAL)}
 
 
 def family_of(hf_config: Mapping[str, Any], path: str) -> HFDecoderFamily:
@@ -131,9 +220,11 @@ def import_decoder(path: Union[str, os.PathLike], family: Optional[HFDecoderFami
     family = family or family_of(hf, path)
     source = os.path.join(path, "config.json")
     config = family.config_from_hf(hf, source)
-    entries = family.names.entries(expected_shapes(config))
+    shapes = expected_shapes(config)
     with SafetensorsReader(path) as reader:
-        params = read_params(reader, entries, tied=family.tied_head, source=source)
+        names, tied = family.names_for(reader)
+        params = read_params(reader, names.entries(shapes), tied=tied, source=source,
+                             stacks=stacks_of(names, {"decoder": config.num_layers}), skip=family.skip)
     return config.replace(param_dtype=params_dtype(params)), params
 
 
@@ -172,4 +263,33 @@ def export_gemma2(
     export_decoder(path, config, params, GEMMA2, dtype, **kw)
 
 
-__all__ = ["FAMILIES", "GEMMA2", "HFDecoderFamily", "export_gemma2", "import_gemma2"]
+def import_gemma3(path: Union[str, os.PathLike]) -> tuple[TransformerConfig, dict]:
+    """(TransformerConfig, numpy per-layer params) of a HF `Gemma3ForCausalLM` directory, or the text model
+    of a `Gemma3ForConditionalGeneration` directory (vision tower skipped)."""
+    hf = read_hf_config(path)
+    family = GEMMA3_MULTIMODAL if hf.get("model_type") == GEMMA3_MULTIMODAL.model_type else GEMMA3
+    return import_decoder(path, family)
+
+
+def export_gemma3(
+    path: Union[str, os.PathLike],
+    config: TransformerConfig,
+    params: Mapping[str, Any],
+    dtype: Optional[Any] = None,
+    **kw,
+) -> None:
+    """Writes `params` (per-layer or scanned) as a Hugging Face `Gemma3ForCausalLM` directory."""
+    export_decoder(path, config, params, GEMMA3, dtype, **kw)
+
+
+__all__ = [
+    "FAMILIES",
+    "GEMMA2",
+    "GEMMA3",
+    "GEMMA3_MULTIMODAL",
+    "HFDecoderFamily",
+    "export_gemma2",
+    "export_gemma3",
+    "import_gemma2",
+    "import_gemma3",
+]

@@ -2,8 +2,10 @@
 
 Detection, in order:
   1. `config.json`: a Hugging Face directory, by `architectures` (else `model_type`):
-     Gemma2ForCausalLM / gemma2 (and the other families of `hf_gemma.FAMILIES`),
-     T5GemmaForConditionalGeneration / t5gemma, T5GemmaForSequenceClassification (encoder-only);
+     Gemma2ForCausalLM / gemma2, Gemma3ForCausalLM / gemma3_text, Gemma3ForConditionalGeneration /
+     gemma3 (text model; vision tower skipped) (the families of `hf_gemma.FAMILIES`),
+     T5GemmaForConditionalGeneration / t5gemma, T5GemmaForSequenceClassification (encoder-only),
+     T5Gemma2ForConditionalGeneration / t5gemma2 (text path);
   2. `model_config.json`: our format (`params/`) or a trainer run (`checkpoints/<step>/params`, latest);
   3. an orbax checkpoint without either: an official Gemma Flax checkpoint.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from adaptation.checkpoints import hf_gemma, hf_t5gemma
+from adaptation.checkpoints import hf_gemma, hf_t5gemma, hf_t5gemma2
 from adaptation.checkpoints.common import (
     AnyConfig,
     CheckpointError,
@@ -40,10 +42,12 @@ def _decoder_entry(family: hf_gemma.HFDecoderFamily):
 HF_ARCHITECTURES = {
     "T5GemmaForConditionalGeneration": (hf_t5gemma.import_t5gemma, hf_t5gemma.config_from_hf),
     CLASSIFIER: (hf_t5gemma.import_t5gemma_classifier, hf_t5gemma.classifier_config_from_hf),
+    hf_t5gemma2.ARCHITECTURE: (hf_t5gemma2.import_t5gemma2, hf_t5gemma2.config_from_hf),
     **{family.architecture: _decoder_entry(family) for family in hf_gemma.FAMILIES.values()},
 }
 HF_MODEL_TYPES = {
     "t5gemma": HF_ARCHITECTURES["T5GemmaForConditionalGeneration"],
+    hf_t5gemma2.MODEL_TYPE: HF_ARCHITECTURES[hf_t5gemma2.ARCHITECTURE],
     **{t: _decoder_entry(family) for t, family in hf_gemma.FAMILIES.items()},
 }
 
@@ -156,7 +160,7 @@ def load_checkpoint(
     """Loads any supported checkpoint as (Flax module, params).
 
     Args:
-      path: a Hugging Face directory (Gemma 2, T5Gemma, T5Gemma classifier), our model directory,
+      path: a Hugging Face directory (Gemma 2, Gemma 3, T5Gemma, T5Gemma classifier, T5Gemma 2), our model directory,
         a trainer run directory (latest step), or an official Gemma Flax/Orbax checkpoint.
       config: see `read_checkpoint` (a preset name or config where the checkpoint cannot tell,
         or a replacement config with the same shapes).

@@ -21,6 +21,9 @@ class AttentionKind(str, enum.Enum):
     LOCAL = "local"  # sliding window
 
 
+BIDIRECTIONAL_WINDOWS = ("radius", "width")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Hyper-parameters of one transformer stack (embedding table size included).
@@ -38,6 +41,9 @@ class TransformerConfig:
         final_logit_soft_cap: the same on the output logits; None: off.
         sliding_window: window of local layers (a key j is visible from query i when |i - j| < window,
             and j <= i in causal stacks).
+        bidirectional_window: how bidirectional stacks read `sliding_window` W: "radius" (T5Gemma:
+            |i - j| <= W) or "width" (T5Gemma 2: W keys around the query, j - i <= W // 2 ahead and
+            i - j <= (W - 1) // 2 behind). Causal stacks ignore it.
         attention_pattern: layer kinds repeated over the depth (Gemma 2: local, global).
         rope_base_local / rope_base_global: RoPE base frequency per layer kind.
         rope_scale_global: positions of global layers are divided by this (Gemma 3 4B+: 8).
@@ -66,6 +72,7 @@ class TransformerConfig:
     attn_logits_soft_cap: Optional[float] = 50.0
     final_logit_soft_cap: Optional[float] = 30.0
     sliding_window: Optional[int] = 4096
+    bidirectional_window: str = "radius"
     attention_pattern: tuple[AttentionKind, ...] = (AttentionKind.LOCAL, AttentionKind.GLOBAL)
     rope_base_local: float = 10_000.0
     rope_base_global: float = 10_000.0
@@ -95,6 +102,10 @@ class TransformerConfig:
             raise ValueError(
                     f"merged attention needs equal encoder and decoder widths; encoder {self.cross_kv_dim}, "
                     f"decoder {self.embed_dim}."
+            )
+        if self.bidirectional_window not in BIDIRECTIONAL_WINDOWS:
+            raise ValueError(
+                    f"bidirectional_window must be one of {BIDIRECTIONAL_WINDOWS}, got {self.bidirectional_window!r}."
             )
         if not self.attention_pattern:
             raise ValueError("attention_pattern must name at least one layer kind.")

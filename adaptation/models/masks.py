@@ -5,7 +5,9 @@ tokens of the same (packed) example. Masks are boolean, True where attention is 
 [batch, query_length, key_length].
 
 Sliding windows follow the Hugging Face oracle: in a causal stack key j is visible from query i
-when 0 <= i - j < window; in a bidirectional stack when |i - j| <= window.
+when 0 <= i - j < window; in a bidirectional stack when |i - j| <= window (T5Gemma, "radius"), or,
+with `bidirectional_window="width"` (T5Gemma 2), when -(window // 2) <= i - j <= (window - 1) // 2
+(window keys in all).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def attention_mask(
     *,
     causal: bool,
     window: Optional[int] = None,
+    bidirectional_window: str = "radius",
 ) -> jnp.ndarray:
     """Self-attention mask from positions and segment ids.
 
@@ -56,6 +59,7 @@ def attention_mask(
       key_positions, key_segments: [B, S].
       causal: keys after the query are hidden.
       window: sliding window (None: global attention).
+      bidirectional_window: "radius" or "width", how a bidirectional mask reads `window`.
 
     Returns:
       [B, T, S] bool.
@@ -68,6 +72,8 @@ def attention_mask(
         mask &= distance >= 0
         if window is not None:
             mask &= distance < window
+    elif window is not None and bidirectional_window == "width":
+        mask &= (distance >= -(window // 2)) & (distance <= (window - 1) // 2)
     elif window is not None:
         mask &= jnp.abs(distance) <= window
     return mask

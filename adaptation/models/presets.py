@@ -114,9 +114,12 @@ def encoder_decoder(name: str, **overrides) -> EncoderDecoderConfig:
         raise KeyError(f"unknown encoder-decoder preset {name!r}; known: {sorted(ENCODER_DECODER)}.")
     enc, dec = ENCODER_DECODER[name]
     t5gemma2 = name in T5GEMMA2_PAIRS
-    return encoder_decoder_from(
+    config = encoder_decoder_from(
         decoder_only(enc, **overrides),
         decoder_only(dec, **overrides),
         merged_attention=t5gemma2,
         tie_all_embeddings=t5gemma2,
     )
+    if t5gemma2:  # T5Gemma 2 encoders read the sliding window as a width (transformers' T5Gemma2).
+        config = config.replace(encoder=config.encoder.replace(bidirectional_window="width"))
+    return config

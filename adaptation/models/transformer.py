@@ -108,7 +108,8 @@ class Stack(nn.Module):
 
         def mask(window):
             return masks.attention_mask(
-                positions, segment_ids, key_positions, key_segments, causal=cfg.causal, window=window
+                positions, segment_ids, key_positions, key_segments, causal=cfg.causal, window=window,
+                bidirectional_window=cfg.bidirectional_window,
             )
 
         shared = {"mask_global": mask(None) if AttentionKind.GLOBAL in kinds else None}
