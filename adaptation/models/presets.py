@@ -97,8 +97,9 @@ ENCODER_DECODER: dict[str, tuple[str, str]] = {
     "270M-270M": ("gemma3_270m", "gemma3_270m"),
     "1B-1B": ("gemma3_1b", "gemma3_1b"),
     "4B-4B": ("gemma3_4b", "gemma3_4b"),
+    "tiny_gemma3-tiny_gemma3": ("tiny_gemma3", "tiny_gemma3"),
 }
-T5GEMMA2_PAIRS = frozenset({"270M-270M", "1B-1B", "4B-4B"})
+T5GEMMA2_PAIRS = frozenset({"270M-270M", "1B-1B", "4B-4B", "tiny_gemma3-tiny_gemma3"})
 
 
 def decoder_only(name: str, **overrides) -> TransformerConfig:
