@@ -86,7 +86,7 @@ def _trainer(mesh):
     cfg = encoder_decoder("tiny-tiny", num_layers=1)
     config = trainer.TrainConfig(
         num_train_steps=10,
-        optimizer=trainer.OptimizerConfig(learning_rate=1e-3, schedule="constant", warmup_steps=0),
+        optimizer=trainer.OptimizerConfig(learning_rate=1e-3, schedule="constant", warmup_steps=0, eps=1e-3),
     )
     loss_fn = functools.partial(cross_entropy_loss_fn, z_loss=1e-4)
     return trainer.Trainer(EncoderDecoder(cfg), config, mesh, RULES, loss_fn, _batch())
@@ -106,9 +106,10 @@ def _train(mesh_shape, devices=None, steps=2):
 
 def test_sharded_train_steps_match_single_device():
     ref_params, ref_losses, init = _train((1, 1, 1), jax.devices()[:1])
-    # Training moved every param (the comparison below is not vacuous).
+    # Training moved every param (the comparison below is not vacuous). Adam eps 1e-3 keeps the
+    # first updates linear in near-zero gradients, so summation order cannot flip them.
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), ref_params, init)
-    assert min(jax.tree.leaves(moved)) > 1e-4
+    assert min(jax.tree.leaves(moved)) > 1e-5
     assert np.isfinite(ref_losses).all() and ref_losses[1] < ref_losses[0] + 1.0
     for shape in [(2, 1, 4), (1, 8, 1)]:  # data x tensor, then fsdp
         params, losses, _ = _train(shape)
