@@ -251,6 +251,12 @@ def test_bad_input_messages(hf_t5gemma2, gemma3_source, tmp_path, capsys, caplog
     assert model.config.decoder.cross_attention and not model.config.tie_all_embeddings
     with pytest.raises(CheckpointError, match="needs merged attention"):
         export_t5gemma2(tmp_path / "cross", model.config, t5g)
+    # ... and a T5Gemma directory cannot hold a T5Gemma 2 encoder window.
+    from adaptation.checkpoints.hf_t5gemma import export_t5gemma
+
+    width = model.config.replace(encoder=model.config.encoder.replace(bidirectional_window="width"))
+    with pytest.raises(CheckpointError, match="T5Gemma encoders read the sliding window as a radius"):
+        export_t5gemma(tmp_path / "t5gemma_width", width, t5g)
     # An eoi_embedding that is not the table row of the end-of-image token is skipped with a warning.
     table = load_file(os.path.join(path, "model.safetensors"))["model.encoder.embed_tokens.weight"]
     big = _copy_hf(path, tmp_path / "eoi", {"encoder/eoi_token_index": 7, "eoi_token_index": 7})

@@ -57,7 +57,7 @@ from adaptation.checkpoints.safetensors_io import (
     write_hf_directory,
 )
 from adaptation.models import layout
-from adaptation.models.config import EncoderDecoderConfig, TransformerConfig
+from adaptation.models.config import AttentionKind, EncoderDecoderConfig, TransformerConfig
 
 T5GEMMA_BLOCK = {
     "pre_attention_norm/scale": ("pre_self_attn_layernorm.weight", IDENTITY),
@@ -146,6 +146,11 @@ def config_to_hf(config: EncoderDecoderConfig, architecture: str = "T5GemmaForCo
     enc, dec = config.encoder, config.decoder
     if enc.causal or not dec.cross_attention:
         raise CheckpointError("T5Gemma needs a bidirectional encoder and a decoder with cross-attention (not merged).")
+    if enc.sliding_window is not None and enc.bidirectional_window != "radius" and AttentionKind.LOCAL in enc.layer_kinds:
+        raise CheckpointError(
+            f"T5Gemma encoders read the sliding window as a radius (|i - j| <= W); this encoder uses "
+            f"bidirectional_window={enc.bidirectional_window!r} (set config.encoder.bidirectional_window='radius')."
+        )
     return {
         "architectures": [architecture],
         "model_type": "t5gemma",
