@@ -14,6 +14,7 @@ RUNTIME = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
+    "tensorboard==2.21.0",  # summaries; tensorflow 2.21 no longer pulls it in
     "importlib_resources",  # TFDS needs it at import time.
     "sentencepiece==0.2.3",
     "safetensors",

@@ -62,7 +62,7 @@ class Embedder(nn.Module):
             "embedding",
             (self.vocab_size, self.embed_dim),
             (axes.VOCAB, axes.EMBED),
-            nn.initializers.normal(stddev=1.0),
+            nn.initializers.normal(stddev=0.02),
             self.param_dtype,
         )
 
