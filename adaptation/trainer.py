@@ -553,19 +553,12 @@ def nn_unbox(tree: PyTree) -> PyTree:
 
 
 def check_tree_shapes(expected: PyTree, found: PyTree, what: str) -> None:
-    """Raises naming the first parameter whose path or shape differs."""
+    """Raises `CheckpointError` (a ValueError) naming the first parameter whose path or shape differs."""
+    from adaptation.checkpoints.common import check_shapes
+
     exp = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    got = {path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(found)[0]}
-    missing = sorted(set(exp) - set(got))
-    extra = sorted(set(got) - set(exp))
-    if missing or extra:
-        raise ValueError(
-            f"{what} do not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}."
-        )
-    for name, shape in exp.items():
-        if got[name] != shape:
-            raise ValueError(f"{what}: parameter {name!r} has shape {got[name]}, the model expects {shape}.")
+    got = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(found)[0]}
+    check_shapes(exp, got, what, "the model")
 
 
 # ---------------------------------------------------------------------------------------------

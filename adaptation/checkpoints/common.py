@@ -71,6 +71,25 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def check_shapes(expected: Mapping[str, tuple], found: Mapping[str, Any], what: str, against: str = "the config") -> None:
+    """Flat `{"a/b": shape}` expectations against flat `{"a/b": array}`: same names, same shapes.
+
+    Raises `CheckpointError` naming the missing/unexpected parameters or the first shape mismatch
+    (`what` says whose params, `against` what they should match).
+    """
+    missing = [k for k in expected if k not in found]
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{what} do not match {against}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}."
+        )
+    for name, shape in expected.items():
+        got = tuple(np.shape(found[name]))
+        if got != tuple(shape):
+            raise CheckpointError(f"{what}: parameter {name!r} has shape {got}, {against} expects {tuple(shape)}.")
+
+
 def kind_of(config: AnyConfig) -> str:
     """"decoder_only", "encoder_decoder" or "encoder_only" for a config."""
     if isinstance(config, EncoderDecoderConfig):

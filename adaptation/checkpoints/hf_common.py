@@ -34,6 +34,7 @@ from adaptation.checkpoints.common import (
     CheckpointError,
     Entry,
     NameMap,
+    check_shapes,
     dtype_of,
     flatten,
     unflatten,
@@ -356,18 +357,7 @@ def stacks_of(names: NameMap, config_layers: Mapping[str, int]) -> dict[str, tup
 def check_params(params: Mapping[str, Any], entries: list[Entry], what: str = "params") -> dict[str, np.ndarray]:
     """Flat params, checked against the entries: every name present, no extra, shapes equal."""
     flat = flatten(params)
-    expected = {e.ours: e.our_shape for e in entries}
-    missing = [k for k in expected if k not in flat]
-    extra = sorted(set(flat) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{what} do not match the config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}."
-        )
-    for name, shape in expected.items():
-        found = tuple(np.shape(flat[name]))
-        if found != shape:
-            raise CheckpointError(f"{what}: parameter {name!r} has shape {found}, the config expects {shape}.")
+    check_shapes({e.ours: e.our_shape for e in entries}, flat, what)
     return flat
 
 

@@ -30,6 +30,7 @@ from adaptation.checkpoints.common import (
     AnyConfig,
     CheckpointError,
     atomic_directory,
+    check_shapes,
     expected_shapes,
     flatten,
     kind_of,
@@ -189,19 +190,7 @@ def _unbox(tree: Any) -> Any:
 
 def check_native_params(params: Mapping[str, Any], config: AnyConfig, source: str) -> None:
     """Per-layer params against the config's expected names and shapes."""
-    expected = expected_shapes(config)
-    flat = flatten(params)
-    missing = [k for k in expected if k not in flat]
-    extra = sorted(set(flat) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{source}: params do not match model_config.json: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}."
-        )
-    for name, shape in expected.items():
-        found = tuple(np.shape(flat[name]))
-        if found != shape:
-            raise CheckpointError(f"{source}: parameter {name!r} has shape {found}, model_config.json expects {shape}.")
+    check_shapes(expected_shapes(config), flatten(params), f"{source}: params", "model_config.json")
 
 
 # ----------------------------------------------------------------------------------------------
