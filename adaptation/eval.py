@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,8 +93,21 @@ def evaluate(
     use_cached: bool = False,
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     step: Optional[int] = None,
+    benchmark: Optional[Callable[..., dict]] = None,
 ) -> dict:
-    """Metrics of each task or mixture: its seqio metrics plus `token_loss` and `token_accuracy`."""
+    """Metrics of each task or mixture: its seqio metrics plus `token_loss` and `token_accuracy`.
+
+    With `benchmark` (gin: `evaluate.benchmark = @superglue_benchmark`, `@glue_benchmark` or
+    `@ranking_benchmark`, see `adaptation.benchmarks`) the benchmark evaluates instead: official
+    metrics from per-example predictions (decoded text, classifier logits or scores), a printed
+    table, `output_dir/metrics.json` (+ SuperGLUE leaderboard files).
+    """
+    if benchmark is not None:
+        return benchmark(
+            checkpoint_path=checkpoint_path, mixture_or_task_names=mixture_or_task_names,
+            task_feature_lengths=task_feature_lengths, output_dir=output_dir, split=split, batch_size=batch_size,
+            num_examples=num_examples, method=method, mesh_config=mesh_config,
+        )
     import seqio
 
     from adaptation.data.features import feature_converter
@@ -149,6 +162,7 @@ def evaluate(
 
 def _main(args) -> int:
     gin_utils.register_configurables()
+    gin_utils.register_configurables(gin_utils.DATA_CONFIGURABLES)
     configured = gin_utils.bind_configurable(evaluate, "evaluate")
     gin_utils.parse_config(args.gin_file, args.gin_bindings, args.search_paths)
     configured()

@@ -34,10 +34,16 @@ CONFIGURABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adaptation.checkpoints.train_state", ("CheckpointConfig",)),
     ("adaptation.objectives.losses", ("cross_entropy_loss_fn",)),
     ("adaptation.objectives.distillation", ("make_kd_loss_fn",)),
+    ("adaptation.models.heads", ("HeadConfig",)),
+    ("adaptation.classifier", ("ClassifierConfig", "encoder_classifier")),
+    ("adaptation.objectives.classification", ("head_loss_fn",)),
 )
 # Configurables of entry points that read data (their module imports no TensorFlow).
 DATA_CONFIGURABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adaptation.data.config", ("DatasetConfig",)),
+    ("tasks.finetune_tasks", ("superglue_task", "superglue_tasks", "superglue_mixture", "superglue_num_classes",
+                              "glue_task", "glue_tasks", "glue_head", "msmarco_lists_task", "msmarco_rerank_task")),
+    ("adaptation.benchmarks", ("superglue_benchmark", "glue_benchmark", "ranking_benchmark")),
 )
 
 

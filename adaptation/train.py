@@ -52,14 +52,29 @@ class TrainResult:
     last_metrics: dict
 
 
+def _is_classifier(model_config: Any) -> bool:
+    from adaptation.classifier import ClassifierConfig
+
+    return isinstance(model_config, ClassifierConfig)
+
+
 def _build_model(model_config: Any) -> Any:
+    if _is_classifier(model_config):  # encoder-only classifier (adaptation.classifier)
+        from adaptation.classifier import build_classifier
+
+        return build_classifier(model_config)
     from adaptation.checkpoints.common import model_for
 
     return model_for(model_config)
 
 
-def _load_params(path: str, model_config: Any) -> Any:
-    """Params of any checkpoint `adaptation.load_checkpoint` reads, in `model_config`'s layout."""
+def _load_params(path: str, model_config: Any, seed: int = 0) -> Any:
+    """Params of any checkpoint `adaptation.load_checkpoint` reads, in `model_config`'s layout (a
+    classifier: the checkpoint's encoder and a fresh head from `seed`, or a classifier run's params)."""
+    if _is_classifier(model_config):
+        from adaptation.classifier import classifier_params
+
+        return classifier_params(model_config, path, jax.random.PRNGKey(seed))
     from adaptation.checkpoints.loader import load_checkpoint
 
     _, params = load_checkpoint(path, config=model_config)
@@ -182,23 +197,35 @@ def train(
         data.set_state(data_state)
         logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     elif initial_checkpoint_path:
-        state = trainer.init_state(_load_params(initial_checkpoint_path, model_config))
+        state = trainer.init_state(_load_params(initial_checkpoint_path, model_config, train_config.seed))
         logging.info("initialized from %s", initial_checkpoint_path)
     else:
         state = trainer.init_state()
     step = int(jax.device_get(state.step))
     _trim_to_resume_point(model_dir, step)
-    write_model_config(model_dir, model_config)
+    if _is_classifier(model_config):
+        from adaptation.classifier import write_classifier_config
+
+        write_classifier_config(model_dir, model_config)
+    else:
+        write_model_config(model_dir, model_config)
     summaries = _Summaries(model_dir, "train")
     if write_config is not None:
         text = write_config(model_dir)
         if text:
             summaries.text(step, "config", text)
 
-    rows = example["decoder_target_tokens"].shape[0]
     tokens_per_step = sum(int(np.prod(v.shape)) for k, v in example.items() if k.endswith("input_tokens"))
-    in_len = example["encoder_input_tokens"].shape[1] if "encoder_input_tokens" in example else 0
-    flops = training_flops_per_step(model_config, rows, in_len, example["decoder_target_tokens"].shape[1])
+    if _is_classifier(model_config):
+        from adaptation.classifier import training_flops_per_step as classifier_flops
+
+        shape = example["encoder_input_tokens"].shape  # [B, T] or ranking lists [B, L, T]
+        rows = shape[0]
+        flops = classifier_flops(model_config, int(np.prod(shape[:-1])), shape[-1])
+    else:
+        rows = example["decoder_target_tokens"].shape[0]
+        in_len = example["encoder_input_tokens"].shape[1] if "encoder_input_tokens" in example else 0
+        flops = training_flops_per_step(model_config, rows, in_len, example["decoder_target_tokens"].shape[1])
     peak = peak_flops_per_device()
     logging.info(
         "mesh %s, %d devices, %.3g TFLOP per step, batch %d x %s",

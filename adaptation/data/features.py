@@ -58,7 +58,12 @@ CONVERTERS = {"encoder_decoder": EncDecFeatureConverter, "decoder_only": LMFeatu
 
 
 def feature_converter(kind: str = "encoder_decoder", pack: bool = False) -> seqio.FeatureConverter:
-    """A converter by model kind: "encoder_decoder" or "decoder_only"."""
+    """A converter by model kind: "encoder_decoder", "decoder_only" or "classifier" (encoder classifiers,
+    `adaptation.data.classification`)."""
+    if kind == "classifier":
+        from adaptation.data.classification import ClassificationFeatureConverter
+
+        return ClassificationFeatureConverter(pack=pack)
     if kind not in CONVERTERS:
         raise ValueError(f"unknown feature converter kind {kind!r}; choose one of {sorted(CONVERTERS)}.")
     return CONVERTERS[kind](pack=pack)
