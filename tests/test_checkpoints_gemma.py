@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
+from hf_oracle import copy_hf_dir, lm_logits, max_diff, randomize
 
 from adaptation import load_checkpoint
 from adaptation.checkpoints.common import CheckpointError, flatten
@@ -21,23 +21,8 @@ VOCAB = 96
 TOKENS = np.array([[5, 17, 9, 33, 2, 71, 8, 40, 12, 3, 60], [4, 9, 33, 2, 7, 88, 0, 0, 0, 0, 0]], np.int32)
 
 
-def _randomize(model, seed: int, scale: float = 0.2) -> None:
-    """Adds noise to every weight (norm scales included) so that each one matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-
-
-def _hf_logits(model, tokens: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        t = torch.tensor(tokens, dtype=torch.long)
-        return model(input_ids=t, attention_mask=(t != 0).long()).logits.float().numpy()
-
-
 def _max_diff(a, b, tokens=TOKENS) -> float:
-    mask = tokens != 0
-    return float(np.abs(np.asarray(a)[..., :VOCAB] - np.asarray(b)[..., :VOCAB])[mask].max())
+    return max_diff(a, b, tokens, VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +37,10 @@ def hf_gemma2(tmp_path_factory):
         attn_logit_softcapping=2.0, final_logit_softcapping=1.5, attn_implementation="eager",
     )
     model = Gemma2ForCausalLM(config).eval()
-    _randomize(model, 0)
+    randomize(model, 0)
     path = tmp_path_factory.mktemp("hf") / "gemma2"
     model.save_pretrained(path)
-    return str(path), model, _hf_logits(model, TOKENS)
+    return str(path), model, lm_logits(model, TOKENS)
 
 
 def test_gemma2_load_checkpoint_parity(hf_gemma2):
@@ -92,7 +77,7 @@ def test_gemma2_export_reloads_in_transformers(hf_gemma2, tmp_path):
     out = tmp_path / "export"
     export_gemma2(out, cfg, params)
     reloaded = Gemma2ForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    diff = _max_diff(_hf_logits(reloaded, TOKENS), ref)
+    diff = _max_diff(lm_logits(reloaded, TOKENS), ref)
     print(f"Gemma2 export -> transformers reload: max|diff| = {diff:.3g}")
     assert diff <= 1e-6
 
@@ -201,33 +186,20 @@ def test_native_model_and_trainer_run(hf_gemma2, tmp_path):
     assert _max_diff(model.apply({"params": loaded}, TOKENS), ref) <= 1e-4
 
 
-def _copy_hf(src: str, dst, drop=None, replace=None, config_edit=None):
-    os.makedirs(dst)
-    tensors = load_file(os.path.join(src, "model.safetensors"))
-    if drop:
-        del tensors[drop]
-    tensors.update(replace or {})
-    save_file(tensors, os.path.join(dst, "model.safetensors"))
-    config = json.load(open(os.path.join(src, "config.json")))
-    config.update(config_edit or {})
-    json.dump(config, open(os.path.join(dst, "config.json"), "w"))
-    return str(dst)
-
-
 def test_bad_input_messages(hf_gemma2, tmp_path):
     path, _, _ = hf_gemma2
-    missing = _copy_hf(path, tmp_path / "missing", drop="model.layers.2.mlp.up_proj.weight")
+    missing = copy_hf_dir(path, tmp_path / "missing", drop="model.layers.2.mlp.up_proj.weight")
     with pytest.raises(CheckpointError, match=r"no tensor 'model\.layers\.2\.mlp\.up_proj\.weight'"):
         load_checkpoint(missing)
-    wrong = _copy_hf(path, tmp_path / "wrong", config_edit={"intermediate_size": 40})
+    wrong = copy_hf_dir(path, tmp_path / "wrong", config_edit={"intermediate_size": 40})
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(wrong)
     assert "model.layers.0.mlp.down_proj.weight" in str(err.value)
     assert "expected shape (32, 40)" in str(err.value) and "found (32, 48)" in str(err.value)
-    extra = _copy_hf(path, tmp_path / "extra", config_edit={"num_hidden_layers": 2, "layer_types": None})
+    extra = copy_hf_dir(path, tmp_path / "extra", config_edit={"num_hidden_layers": 2, "layer_types": None})
     with pytest.raises(CheckpointError, match=r"does not account for: \['model\.layers\.2\."):
         load_checkpoint(extra)
-    untied = _copy_hf(path, tmp_path / "untied", replace={"lm_head.weight": np.ones((VOCAB, 32), np.float32)})
+    untied = copy_hf_dir(path, tmp_path / "untied", replace={"lm_head.weight": np.ones((VOCAB, 32), np.float32)})
     with pytest.raises(CheckpointError, match="untied output head"):
         load_checkpoint(untied)
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from hf_oracle import max_diff, randomize, seq2seq_logits
 
 from adaptation import load_checkpoint
 from adaptation.checkpoints.common import CheckpointError, flatten
@@ -18,13 +19,6 @@ VOCAB = 80
 # Right-padded on both sides; the window (3) is shorter than both sequences.
 ENC = np.array([[5, 17, 9, 33, 2, 71, 8, 40, 12], [4, 9, 33, 2, 7, 0, 0, 0, 0]], np.int32)
 DEC = np.array([[2, 6, 7, 8, 9, 10, 11], [2, 9, 33, 44, 0, 0, 0]], np.int32)
-
-
-def _randomize(model, seed: int, scale: float = 0.2) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
 def _module(hidden: int, inter: int, layers: int, **kw):
@@ -44,15 +38,11 @@ def _t5gemma_config(encoder, decoder, **kw):
 
 
 def _seq2seq_logits(model) -> np.ndarray:
-    with torch.no_grad():
-        e, d = torch.tensor(ENC, dtype=torch.long), torch.tensor(DEC, dtype=torch.long)
-        out = model(input_ids=e, attention_mask=(e != 0).long(), decoder_input_ids=d,
-                    decoder_attention_mask=(d != 0).long())
-        return out.logits.numpy()
+    return seq2seq_logits(model, ENC, DEC)
 
 
 def _diff(a, b) -> float:
-    return float(np.abs(np.asarray(a) - np.asarray(b))[DEC != 0].max())
+    return max_diff(a, b, DEC)
 
 
 @pytest.fixture(scope="module", params=["balanced", "unbalanced"])
@@ -65,7 +55,7 @@ def hf_t5gemma(request, tmp_path_factory):
     else:  # encoder wider (and deeper) than the decoder
         encoder, decoder = _module(48, 64, 3), _module(32, 40, 2)
     model = T5GemmaForConditionalGeneration(_t5gemma_config(encoder, decoder)).eval()
-    _randomize(model, 1)
+    randomize(model, 1)
     path = tmp_path_factory.mktemp("hf") / f"t5gemma_{request.param}"
     model.save_pretrained(path)
     return request.param, str(path), _seq2seq_logits(model)
@@ -140,7 +130,7 @@ def hf_classifier(tmp_path_factory):
     torch.manual_seed(2)
     config = _t5gemma_config(_module(32, 48, 2), _module(32, 48, 2), num_labels=3)
     model = T5GemmaForSequenceClassification(config, is_encoder_decoder=False).eval()
-    _randomize(model, 2)
+    randomize(model, 2)
     path = tmp_path_factory.mktemp("hf") / "classifier"
     model.save_pretrained(path)
     return str(path), _classifier_logits(model)

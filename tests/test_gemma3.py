@@ -5,10 +5,10 @@ import json
 import logging
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch
+from hf_oracle import copy_hf_dir, jit_apply, lm_logits, max_diff, randomize
 from safetensors.numpy import load_file, save_file
 
 from adaptation import load_checkpoint
@@ -33,28 +33,8 @@ TEXT = dict(
 _L, _G = AttentionKind.LOCAL, AttentionKind.GLOBAL
 
 
-def _randomize(model, seed: int, scale: float = 0.2) -> None:
-    """Adds noise to every weight (norm scales included) so that each one matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-
-
-def _hf_logits(model, tokens: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        t = torch.tensor(tokens, dtype=torch.long)
-        return model(input_ids=t, attention_mask=(t != 0).long()).logits.float().numpy()
-
-
 def _max_diff(a, b, tokens=TOKENS) -> float:
-    mask = tokens != 0
-    return float(np.abs(np.asarray(a)[..., :VOCAB] - np.asarray(b)[..., :VOCAB])[mask].max())
-
-
-def _apply(model, params, *inputs) -> np.ndarray:
-    """Logits of our model (jit-compiled: far faster than op-by-op on CPU)."""
-    return np.asarray(jax.jit(model.apply)({"params": params}, *inputs))
+    return max_diff(a, b, tokens, VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +44,10 @@ def hf_gemma3(tmp_path_factory):
 
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(Gemma3TextConfig(**TEXT, attn_implementation="eager")).eval()
-    _randomize(model, 0)
+    randomize(model, 0)
     path = tmp_path_factory.mktemp("hf") / "gemma3"
     model.save_pretrained(path)
-    return str(path), model, _hf_logits(model, TOKENS)
+    return str(path), model, lm_logits(model, TOKENS)
 
 
 def test_gemma3_load_checkpoint_parity(hf_gemma3):
@@ -78,19 +58,19 @@ def test_gemma3_load_checkpoint_parity(hf_gemma3):
     assert cfg.use_qk_norm and cfg.attention_pattern == (_L, _L, _L, _L, _L, _G)
     assert (cfg.rope_base_local, cfg.rope_base_global, cfg.rope_scale_global) == (10_000.0, 1_000_000.0, 8.0)
     assert (cfg.sliding_window, cfg.attn_logits_soft_cap, cfg.final_logit_soft_cap) == (WINDOW, None, None)
-    logits = _apply(model, params, TOKENS)
+    logits = jit_apply(model, params, TOKENS)
     diff = _max_diff(logits, ref)
     print(f"Gemma3ForCausalLM import parity (7 layers 5:1, window 3 < 11 tokens, right-padded, RoPE x8): "
           f"max|diff| = {diff:.3g}")
     assert diff <= 1e-4
     # The global layer's RoPE scale and the QK-norm scales matter: changing either moves the logits.
-    unscaled = _apply(DecoderOnlyLM(cfg.replace(rope_scale_global=1.0)), params, TOKENS)
+    unscaled = jit_apply(DecoderOnlyLM(cfg.replace(rope_scale_global=1.0)), params, TOKENS)
     assert _max_diff(unscaled, ref) > 1e-3
     zeroed = flatten(params)
     zeroed = {k: (np.zeros_like(v) if "key_norm" in k else v) for k, v in zeroed.items()}
     from adaptation.checkpoints.common import unflatten
 
-    assert _max_diff(_apply(model, unflatten(zeroed), TOKENS), ref) > 1e-3
+    assert _max_diff(jit_apply(model, unflatten(zeroed), TOKENS), ref) > 1e-3
 
 
 def test_gemma3_export_reloads_in_transformers(hf_gemma3, tmp_path):
@@ -104,7 +84,7 @@ def test_gemma3_export_reloads_in_transformers(hf_gemma3, tmp_path):
     assert hf["architectures"] == ["Gemma3ForCausalLM"] and hf["model_type"] == "gemma3_text"
     assert hf["rope_parameters"]["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0}
     reloaded = Gemma3ForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    diff = _max_diff(_hf_logits(reloaded, TOKENS), ref)
+    diff = _max_diff(lm_logits(reloaded, TOKENS), ref)
     print(f"Gemma3 export -> transformers reload: max|diff| = {diff:.3g}")
     assert diff <= 1e-5
     cfg2, params2 = import_gemma3(out)
@@ -122,7 +102,7 @@ def test_gemma3_cli_round_trip(hf_gemma3, tmp_path):
     assert main(["--input", str(orbax_dir), "--output", str(hf_dir), "--to", "hf"]) == 0
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
     model, params = load_checkpoint(hf_dir)
-    assert _max_diff(_apply(model, params, TOKENS), ref) <= 1e-4
+    assert _max_diff(jit_apply(model, params, TOKENS), ref) <= 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +116,10 @@ def hf_gemma3_multimodal(tmp_path_factory):
     config = Gemma3Config(text_config=Gemma3TextConfig(**TEXT), vision_config=vision, mm_tokens_per_image=4,
                           boi_token_index=90, eoi_token_index=91, image_token_index=92, attn_implementation="eager")
     model = Gemma3ForConditionalGeneration(config).eval()
-    _randomize(model, 1)
+    randomize(model, 1)
     path = tmp_path_factory.mktemp("hf") / "gemma3_mm"
     model.save_pretrained(path)
-    return str(path), _hf_logits(model, TOKENS)
+    return str(path), lm_logits(model, TOKENS)
 
 
 def test_gemma3_multimodal_loads_text_weights(hf_gemma3_multimodal, tmp_path, caplog):
@@ -151,7 +131,7 @@ def test_gemma3_multimodal_loads_text_weights(hf_gemma3_multimodal, tmp_path, ca
     with caplog.at_level(logging.WARNING):
         model, params = load_checkpoint(path)
     assert "vision tower" in caplog.text and "skipped" in caplog.text
-    diff = _max_diff(_apply(model, params, TOKENS), ref)
+    diff = _max_diff(jit_apply(model, params, TOKENS), ref)
     print(f"Gemma3ForConditionalGeneration text path parity: max|diff| = {diff:.3g}")
     assert diff <= 1e-4
 
@@ -169,7 +149,7 @@ def test_gemma3_multimodal_loads_text_weights(hf_gemma3_multimodal, tmp_path, ca
     save_file(renamed, str(legacy / "model.safetensors"))
     (legacy / "config.json").write_text((open(os.path.join(path, "config.json")).read()))
     model2, params2 = load_checkpoint(legacy)
-    assert _max_diff(_apply(model2, params2, TOKENS), ref) <= 1e-4
+    assert _max_diff(jit_apply(model2, params2, TOKENS), ref) <= 1e-4
 
 
 def _official_gemma3_tree(params: dict) -> dict:
@@ -199,7 +179,7 @@ def test_official_gemma3_flax_layout_matches_hf(hf_gemma3, tmp_path):
     save_tree(out, _official_gemma3_tree(params))
     model, loaded = load_checkpoint(out, config=cfg)
     assert model.config.use_qk_norm
-    diff = _max_diff(_apply(model, loaded, TOKENS), ref)
+    diff = _max_diff(jit_apply(model, loaded, TOKENS), ref)
     print(f"official Gemma 3 Flax layout (_query_norm/_key_norm) vs HF: max|diff| = {diff:.3g}")
     assert diff <= 1e-4
     # Without a config the sizes (QK-norm included) come from the shapes, the rest from Gemma 3 defaults.
@@ -210,32 +190,23 @@ def test_official_gemma3_flax_layout_matches_hf(hf_gemma3, tmp_path):
         load_checkpoint(out, config="gemma3_1b")
 
 
-def _copy_hf(src: str, dst, config_edit=None) -> str:
-    os.makedirs(dst)
-    save_file(load_file(os.path.join(src, "model.safetensors")), os.path.join(dst, "model.safetensors"))
-    config = json.load(open(os.path.join(src, "config.json")))
-    config.update(config_edit or {})
-    json.dump(config, open(os.path.join(dst, "config.json"), "w"))
-    return str(dst)
-
-
 def test_bad_input_messages(hf_gemma3, tmp_path):
     path, _, _ = hf_gemma3
     six = ["sliding_attention"] * 5 + ["full_attention"]
     # The config describes more layers than the checkpoint holds: both numbers named.
-    more = _copy_hf(path, tmp_path / "more", {"num_hidden_layers": 12, "layer_types": six * 2})
+    more = copy_hf_dir(path, tmp_path / "more", config_edit={"num_hidden_layers": 12, "layer_types": six * 2})
     with pytest.raises(CheckpointError, match=r"describes 12 decoder layers .* holds 7 \(model\.layers\.0 to model\.layers\.6\)"):
         load_checkpoint(more)
     # Fewer: the extra layer's tensors are named, and both counts.
-    fewer = _copy_hf(path, tmp_path / "fewer", {"num_hidden_layers": 6, "layer_types": six})
+    fewer = copy_hf_dir(path, tmp_path / "fewer", config_edit={"num_hidden_layers": 6, "layer_types": six})
     with pytest.raises(CheckpointError, match=r"model\.layers\.6\..*describes 6 decoder layers .* holds 7"):
         load_checkpoint(fewer)
     # A layer pattern whose length differs from the layer count.
-    pattern = _copy_hf(path, tmp_path / "pattern", {"layer_types": six})
+    pattern = copy_hf_dir(path, tmp_path / "pattern", config_edit={"layer_types": six})
     with pytest.raises(CheckpointError, match="layer_types lists 6 layers, num_hidden_layers is 7"):
         load_checkpoint(pattern)
     # RoPE types the block cannot express.
-    yarn = _copy_hf(path, tmp_path / "yarn", {"rope_parameters": {
+    yarn = copy_hf_dir(path, tmp_path / "yarn", config_edit={"rope_parameters": {
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
         "full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6}}})
     with pytest.raises(CheckpointError, match="rope_type 'yarn' is not supported"):
@@ -254,9 +225,9 @@ def test_bad_input_messages(hf_gemma3, tmp_path):
 def test_legacy_gemma3_config_fields(hf_gemma3, tmp_path):
     """Older config.json files: rope_theta / rope_local_base_freq / rope_scaling, sliding_window_pattern."""
     path, _, ref = hf_gemma3
-    legacy = _copy_hf(path, tmp_path / "legacy", {
+    legacy = copy_hf_dir(path, tmp_path / "legacy", config_edit={
         "rope_parameters": None, "layer_types": None, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
         "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window_pattern": 6})
     model, params = load_checkpoint(legacy)
     assert model.config.attention_pattern == (_L, _L, _L, _L, _L, _G) and model.config.rope_scale_global == 8.0
-    assert _max_diff(_apply(model, params, TOKENS), ref) <= 1e-4
+    assert _max_diff(jit_apply(model, params, TOKENS), ref) <= 1e-4

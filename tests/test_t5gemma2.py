@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
+from hf_oracle import copy_hf_dir, jit_apply, max_diff, randomize, seq2seq_logits
+from safetensors.numpy import load_file
 
 from adaptation import load_checkpoint
 from adaptation.checkpoints.common import CheckpointError, flatten
@@ -34,14 +35,6 @@ TEXT = dict(
 _L, _G = AttentionKind.LOCAL, AttentionKind.GLOBAL
 
 
-def _randomize(model, seed: int, scale: float = 0.2) -> None:
-    """Adds noise to every weight (norm scales included) so that each one matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-
-
 def _hf_config(**text):
     from transformers import SiglipVisionConfig, T5Gemma2Config
     from transformers.models.t5gemma2.configuration_t5gemma2 import (
@@ -58,21 +51,11 @@ def _hf_config(**text):
 
 
 def _hf_logits(model, enc=ENC, dec=DEC) -> np.ndarray:
-    with torch.no_grad():
-        e, d = torch.tensor(enc, dtype=torch.long), torch.tensor(dec, dtype=torch.long)
-        out = model(input_ids=e, attention_mask=(e != 0).long(), decoder_input_ids=d,
-                    decoder_attention_mask=(d != 0).long())
-        return out.logits.float().numpy()
+    return seq2seq_logits(model, enc, dec)
 
 
 def _max_diff(a, b, tokens=DEC) -> float:
-    mask = tokens != 0
-    return float(np.abs(np.asarray(a) - np.asarray(b))[mask].max())
-
-
-def _apply(model, params, *inputs) -> np.ndarray:
-    """Logits of our model (jit-compiled: far faster than op-by-op on CPU)."""
-    return np.asarray(jax.jit(model.apply)({"params": params}, *inputs))
+    return max_diff(a, b, tokens)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +65,7 @@ def hf_t5gemma2(tmp_path_factory):
 
     torch.manual_seed(0)
     model = T5Gemma2ForConditionalGeneration(_hf_config()).eval()
-    _randomize(model, 7, 0.1)  # a seed whose greedy outputs vary and hit eos in row 2
+    randomize(model, 7, 0.1)  # a seed whose greedy outputs vary and hit eos in row 2
     path = tmp_path_factory.mktemp("hf") / "t5gemma2"
     model.save_pretrained(path)
     return str(path), model, _hf_logits(model)
@@ -102,14 +85,14 @@ def test_t5gemma2_import_parity(hf_t5gemma2, caplog):
     assert set(params["decoder"]["layers_0"]["attn"]) == {"q", "k", "v", "o", "query_norm", "key_norm"}
     assert cfg.encoder.bidirectional_window == "width" and cfg.encoder.attention_pattern == (_L,) * 5 + (_G,)
     assert (cfg.decoder.rope_base_global, cfg.decoder.rope_scale_global) == (1_000_000.0, 8.0)
-    logits = _apply(model, params, ENC, DEC)
+    logits = jit_apply(model, params, ENC, DEC)
     diff = _max_diff(logits, ref)
     print(f"T5Gemma2ForConditionalGeneration import parity (7+7 layers, window 4 < 11/9 tokens, padded encoder and "
           f"decoder, merged attention, tied table): max|diff| = {diff:.3g}")
     assert diff <= 1e-4
     # The encoder's window convention matters: the T5Gemma reading (|i - j| <= W) gives other logits.
     radius = cfg.replace(encoder=cfg.encoder.replace(bidirectional_window="radius"))
-    assert _max_diff(_apply(EncoderDecoder(radius), params, ENC, DEC), ref) > 1e-3
+    assert _max_diff(jit_apply(EncoderDecoder(radius), params, ENC, DEC), ref) > 1e-3
 
 
 def test_t5gemma2_export_reloads_in_transformers(hf_t5gemma2, tmp_path):
@@ -141,7 +124,7 @@ def gemma3_source(tmp_path_factory):
 
     torch.manual_seed(1)
     model = Gemma3ForCausalLM(Gemma3TextConfig(**TEXT, attn_implementation="eager")).eval()
-    _randomize(model, 1)
+    randomize(model, 1)
     path = tmp_path_factory.mktemp("hf") / "gemma3"
     model.save_pretrained(path)
     return str(path)
@@ -166,7 +149,7 @@ def test_gemma3_adapts_to_t5gemma2_through_the_cli(gemma3_source, tmp_path, caps
         np.testing.assert_array_equal(flatten(params["decoder"]["layers_3"]["attn"])[name],
                                       flatten(src["decoder"]["layers_3"]["attn"])[name])
     np.testing.assert_array_equal(params["embedder"]["embedding"], src["embedder"]["embedding"])
-    ours_logits = _apply(model, params, ENC, DEC)
+    ours_logits = jit_apply(model, params, ENC, DEC)
 
     assert _run("--input", ours, "--output", hf_dir, "--to", "hf") == 0
     assert _run("--input", gemma3_source, "--output", direct, "--to", "hf", "--adapt", "balanced") == 0
@@ -201,33 +184,17 @@ def test_greedy_decoding_matches_transformers_generate(hf_t5gemma2):
     assert len(set(ours[0].tolist())) > 3 and 1 in ours[1]  # varied tokens; row 2 stops at eos
 
 
-def _copy_hf(src: str, dst, config_edit=None, tensors_edit=None) -> str:
-    os.makedirs(dst)
-    tensors = load_file(os.path.join(src, "model.safetensors"))
-    tensors.update(tensors_edit or {})
-    save_file(tensors, os.path.join(dst, "model.safetensors"))
-    config = json.load(open(os.path.join(src, "config.json")))
-    for key, value in (config_edit or {}).items():
-        node = config
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    json.dump(config, open(os.path.join(dst, "config.json"), "w"))
-    return str(dst)
-
-
 def test_bad_input_messages(hf_t5gemma2, gemma3_source, tmp_path, capsys, caplog):
     path, _, _ = hf_t5gemma2
     # Merged attention over different widths: both numbers named.
-    wide = _copy_hf(path, tmp_path / "wide", {"decoder/hidden_size": 48})
+    wide = copy_hf_dir(path, tmp_path / "wide", config_edit={"decoder/hidden_size": 48})
     with pytest.raises(CheckpointError, match="encoder.text_config.hidden_size is 32 and decoder.hidden_size is 48"):
         load_checkpoint(wide)
     # A layer pattern that does not match the checkpoint's layer count.
-    layers = _copy_hf(path, tmp_path / "layers", {"decoder/num_hidden_layers": 6, "decoder/layer_types": None})
+    layers = copy_hf_dir(path, tmp_path / "layers", config_edit={"decoder/num_hidden_layers": 6, "decoder/layer_types": None})
     with pytest.raises(CheckpointError, match="describes 6 decoder layers .* holds 7"):
         load_checkpoint(layers)
-    pattern = _copy_hf(path, tmp_path / "pattern", {"encoder/text_config/layer_types": ["full_attention"] * 6})
+    pattern = copy_hf_dir(path, tmp_path / "pattern", config_edit={"encoder/text_config/layer_types": ["full_attention"] * 6})
     with pytest.raises(CheckpointError, match="layer_types lists 6 layers, num_hidden_layers is 7"):
         load_checkpoint(pattern)
     # The CLI: merged attention asked of sources with different widths.
@@ -259,7 +226,7 @@ def test_bad_input_messages(hf_t5gemma2, gemma3_source, tmp_path, capsys, caplog
         export_t5gemma(tmp_path / "t5gemma_width", width, t5g)
     # An eoi_embedding that is not the table row of the end-of-image token is skipped with a warning.
     table = load_file(os.path.join(path, "model.safetensors"))["model.encoder.embed_tokens.weight"]
-    big = _copy_hf(path, tmp_path / "eoi", {"encoder/eoi_token_index": 7, "eoi_token_index": 7})
+    big = copy_hf_dir(path, tmp_path / "eoi", config_edit={"encoder/eoi_token_index": 7, "eoi_token_index": 7})
     with caplog.at_level(logging.WARNING):
         import_t5gemma2(big)
     assert "eoi_embedding differs from the embedding of token 7" in caplog.text
