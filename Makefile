@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint
+.PHONY: install test lint demo
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+demo: install
+	$(PY) -m adaptation.demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -98,8 +98,27 @@ def register_configurables(groups: Sequence[tuple[str, tuple[str, ...]]] = CONFI
                 pass
 
 
+def _tolerate_namespace_packages() -> None:
+    """gin looks `runs/pretrain.gin` up as a resource of a Python package `runs` and raises TypeError when
+    `runs` is a namespace package (e.g. an output directory `./runs` on sys.path); treat it as absent."""
+    from gin import config as gin_config
+    from gin import resource_reader
+
+    def exists(path: str) -> bool:
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except TypeError:
+            return False
+
+    readers = gin_config._FILE_READERS  # gin 0.5: [(reader, existence_check), ...]
+    for i, (reader, check) in enumerate(readers):
+        if check is resource_reader.system_path_file_exists:
+            readers[i] = (reader, exists)
+
+
 def parse_config(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str]) -> None:
     """Parses gin files and bindings; raises `GinConfigError` with gin's message and the paths tried."""
+    _tolerate_namespace_packages()
     paths = [p for p in search_paths if p]
     for path in paths:
         gin.add_config_file_search_path(path)
