@@ -190,3 +190,20 @@ def test_head_that_does_not_fit_the_task_fails_at_configuration():
         encoder_classifier()
     with pytest.raises(ValueError, match="pad_side"):
         ClassifierConfig(encoder=decoder_only("tiny"), pad_side="middle")
+
+
+def test_attention_probability_dropout():
+    """`attention_dropout_rate` acts only with dropout enabled; it changes outputs and keeps gradients finite."""
+    tokens = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 0, 0]], np.int32)
+    head = HeadConfig(num_classes=2, dropout_rate=0.0)
+    plain = build_classifier(encoder_classifier("tiny", head=head))
+    dropped = build_classifier(encoder_classifier("tiny", head=head, attention_dropout_rate=0.5))
+    params = plain.init(jax.random.PRNGKey(0), tokens)["params"]
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    base = np.asarray(plain.apply({"params": params}, tokens))
+    np.testing.assert_allclose(dropped.apply({"params": params}, tokens), base, atol=1e-6)
+    np.testing.assert_allclose(plain.apply({"params": params}, tokens, enable_dropout=True, rngs=rngs), base, atol=1e-6)
+    noisy = np.asarray(dropped.apply({"params": params}, tokens, enable_dropout=True, rngs=rngs))
+    assert np.abs(noisy - base).max() > 1e-4
+    grads = jax.grad(lambda p: dropped.apply({"params": p}, tokens, enable_dropout=True, rngs=rngs).sum())(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

@@ -56,7 +56,8 @@ def test_study_sweep_prints_one_comparison_table(shared_data, tmp_path):
         assert config["classifier"]["head"]["pooler"] == r["setting"]["POOLER"]
         assert config["classifier"]["pad_side"] == "left"
         assert config["config"]["causal"] is r["setting"]["CAUSAL"]
-        assert config["config"]["dropout_rate"] == 0.1 and config["classifier"]["head"]["dropout_rate"] == 0.1
+        assert config["config"]["dropout_rate"] == 0.1 and config["config"]["attention_dropout_rate"] == 0.1
+        assert config["classifier"]["head"]["dropout_rate"] == 0.1
     assert results["best"][0]["score"] == max(r["score"] for r in runs)
 
 

@@ -101,7 +101,7 @@ class Block(nn.Module):
             k = jnp.concatenate([k, enc_k.astype(k.dtype)], axis=1)
             v = jnp.concatenate([v, enc_v.astype(v.dtype)], axis=1)
             mask = jnp.concatenate([mask, shared["cross_mask"]], axis=-1)
-        h = attn.attend(q, k, v, mask)
+        h = attn.attend(q, k, v, mask, deterministic=self.deterministic)
         x = self._residual(x, h, "post_attention_norm" if cfg.use_post_attn_norm else None)
 
         # 2. Cross-attention (T5Gemma decoders).
@@ -109,7 +109,7 @@ class Block(nn.Module):
             cross = Attention(cfg, kv_dim=cfg.kv_input_dim, name="cross_attn")
             h = self._norm("pre_cross_attention_norm")(x)
             enc_k, enc_v = self._encoder_kv(cross, cache, new_cache, shared)
-            h = cross.attend(cross.queries(h, None), enc_k, enc_v, shared["cross_mask"])
+            h = cross.attend(cross.queries(h, None), enc_k, enc_v, shared["cross_mask"], deterministic=self.deterministic)
             x = self._residual(x, h, "post_cross_attention_norm" if cfg.use_post_attn_norm else None)
 
         # 3. Feed-forward.

@@ -55,6 +55,8 @@ class TransformerConfig:
         merged_attention: one attention over [decoder; encoder] keys (T5Gemma 2 decoder).
         cross_kv_dim: width of the encoder output that cross/merged attention reads (None: embed_dim).
         dropout_rate: residual dropout after each sub-layer (finetuning).
+        attention_dropout_rate: dropout on the attention probabilities (finetuning; off when
+            deterministic).
         dtype: activation/compute dtype.
         param_dtype: dtype of stored parameters.
         scan_layers: run the blocks with `nn.scan` (params stacked on a leading 'layers' axis).
@@ -86,6 +88,7 @@ class TransformerConfig:
     merged_attention: bool = False
     cross_kv_dim: Optional[int] = None
     dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = False

@@ -164,8 +164,12 @@ class Attention(nn.Module):
             k = apply_rope(k, *rope)
         return nn.with_logical_constraint(k, axes.ACT_KV), nn.with_logical_constraint(v, axes.ACT_KV)
 
-    def attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
-        """Softmax attention of [B, T, N, H] queries over [B, S, K, H] keys/values; mask [B, T, S]."""
+    def attend(self, q: Array, k: Array, v: Array, mask: Array, deterministic: bool = True) -> Array:
+        """Softmax attention of [B, T, N, H] queries over [B, S, K, H] keys/values; mask [B, T, S].
+
+        With `deterministic=False` and `config.attention_dropout_rate > 0`, the probabilities are
+        dropped out (rng stream "dropout").
+        """
         cfg = self.config
         b, t, n, h = q.shape
         kv_heads = k.shape[2]
@@ -173,7 +177,12 @@ class Attention(nn.Module):
         logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32)
         logits = soft_cap(logits, cfg.attn_logits_soft_cap)
         logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        probs = jax.nn.softmax(logits, axis=-1)
+        rate = cfg.attention_dropout_rate
+        if rate > 0.0 and not deterministic:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, probs.shape)
+            probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
+        probs = probs.astype(v.dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
         # [B, T, N, H] -> [B, T, D]
         return jnp.einsum("BTNH,NHD->BTD", out, self.o.astype(cfg.compute_dtype))
