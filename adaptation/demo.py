@@ -74,7 +74,8 @@ class DemoConfig:
       task: "auto" (real RTE when found, else generated), "generated", "rte" or "cb".
       lm_steps, ul2_steps, finetune_steps: training steps of each stage (both UL2 runs alike).
       lm_batch, ul2_batch, finetune_batch: global batch sizes.
-      lm_length: LM sequence length; ul2_lengths, finetune_lengths: (inputs, targets) lengths.
+      lm_length: LM sequence length; ul2_lengths, finetune_lengths: (inputs, targets) lengths (finetune
+        None: (96, 8) for the generated task, (192, 8) for RTE / CB, whose premises are longer).
       eval_examples: validation examples scored (None: all).
       log_every: trainer log interval (steps).
       bindings: extra gin bindings for every train stage (e.g. "DEMO_LAYERS = 1" for a smaller model).
@@ -82,15 +83,15 @@ class DemoConfig:
 
     run_dir: str = "runs/demo"
     task: str = "auto"
-    lm_steps: int = 250
-    ul2_steps: int = 100
-    finetune_steps: int = 60
+    lm_steps: int = 200
+    ul2_steps: int = 70
+    finetune_steps: int = 50
     lm_batch: int = 16
     ul2_batch: int = 16
     finetune_batch: int = 32
     lm_length: int = 128
     ul2_lengths: tuple[int, int] = (128, 128)
-    finetune_lengths: tuple[int, int] = (96, 8)
+    finetune_lengths: Optional[tuple[int, int]] = None
     eval_examples: Optional[int] = None
     log_every: int = 25
     bindings: tuple[str, ...] = ()
@@ -148,11 +149,19 @@ def _lengths(inputs: int, targets: int) -> str:
     return repr({"inputs": inputs, "targets": targets})
 
 
+def finetune_lengths(config: DemoConfig, task: str) -> tuple[int, int]:
+    """(inputs, targets) lengths of the finetuning stages."""
+    if config.finetune_lengths is not None:
+        return tuple(config.finetune_lengths)
+    return (96, 8) if task == GENERATED_TASK else (192, 8)
+
+
 def build_stages(config: DemoConfig, task: str) -> list[Stage]:
     """The demo's stages, in order, as commands."""
     run = os.path.abspath(config.run_dir)
     path = lambda name: os.path.join(run, name)  # noqa: E731
     c = config
+    ft_lengths = finetune_lengths(config, task)
     common = {"LOG_EVERY_STEPS": c.log_every}
     stages = [
         Stage("lm", "1. source LM (decoder-only Gemma 2)",
@@ -171,7 +180,7 @@ def build_stages(config: DemoConfig, task: str) -> list[Stage]:
     ul2 = {"TRAIN_STEPS": c.ul2_steps, "BATCH_SIZE": c.ul2_batch, "TASK_FEATURE_LENGTHS": _lengths(*c.ul2_lengths),
            **common}
     ft = {"TRAIN_STEPS": c.finetune_steps, "BATCH_SIZE": c.finetune_batch,
-          "TASK_FEATURE_LENGTHS": _lengths(*c.finetune_lengths), "MIXTURE_OR_TASK_NAME": repr(task), **common}
+          "TASK_FEATURE_LENGTHS": _lengths(*ft_lengths), "MIXTURE_OR_TASK_NAME": repr(task), **common}
     for init in ("adapted", "scratch"):
         start = {"INITIAL_CHECKPOINT_PATH": repr(path("adapted"))} if init == "adapted" else {}
         stages.append(Stage(
@@ -183,10 +192,10 @@ def build_stages(config: DemoConfig, task: str) -> list[Stage]:
             f"finetune_{init}", f"4. finetune ({init})",
             _train((), "demo/finetune.gin", {"MODEL_DIR": repr(path(f"finetune_{init}")),
                                               "INITIAL_CHECKPOINT_PATH": repr(path(f"ul2_{init}")), **ft}, c.bindings),
-            path(f"finetune_{init}"), "train", c.finetune_steps, c.finetune_batch * sum(c.finetune_lengths)))
+            path(f"finetune_{init}"), "train", c.finetune_steps, c.finetune_batch * sum(ft_lengths)))
     for init in ("adapted", "scratch"):
         bindings = {"CHECKPOINT_PATH": repr(path(f"finetune_{init}")), "EVAL_OUTPUT_DIR": repr(path(f"eval_{init}")),
-                    "EVAL_TASKS": repr([task]), "TASK_FEATURE_LENGTHS": _lengths(*c.finetune_lengths),
+                    "EVAL_TASKS": repr([task]), "TASK_FEATURE_LENGTHS": _lengths(*ft_lengths),
                     "NUM_EXAMPLES": repr(c.eval_examples)}
         stages.append(Stage(
             f"eval_{init}", f"4. evaluate ({init})",

@@ -137,10 +137,12 @@ def evaluate(
         def predict_fn(ds, model_params=None):
             del model_params
             rows = ((int(i), f["encoder_input_tokens"]) for i, f in ds.as_numpy_iterator())
-            return list(decode_rows(
+            width = lengths["decoder_target_tokens"]
+            # seqio stacks the predictions into one array: pad them (after EOS) to one length.
+            return [(i, list(ids) + [0] * (width - len(ids))) for i, ids in decode_rows(
                 model, params, rows, batch_size=batch_size, inputs_length=lengths["encoder_input_tokens"],
-                max_decode_length=lengths["decoder_target_tokens"], method=method,
-            ))
+                max_decode_length=width, method=method,
+            )]
 
         task_metrics = {}
         if evaluator.eval_tasks:  # tasks that define metric functions

@@ -7,8 +7,8 @@
   LM feature converter (`DatasetConfig.model_kind = 'decoder_only'`).
 - `demo_entail_text`: a **generated** entailment task in RTE format (not RTE): premises are prose
   sentences of the pydoc text; the hypothesis is a contiguous span of the premise (`entailment`),
-  or that span with one word replaced by a word the premise does not contain, or a span of
-  another sentence of the same topic (`not_entailment`). Validation premises come from every fifth topic and
+  or a span of another sentence of the same topic (`not_entailment`; in one-sentence topics, the
+  premise's span with a word swapped for one it does not contain). Validation premises come from every fifth topic and
   never occur in training. Examples are cast exactly as RTE (`rte hypothesis: H premise: P` ->
   entailment | not_entailment, `tasks.superglue.cast_text`), so a real RTE finetune reads the same.
 - `demo_rte_text`, `demo_cb_text`: the real SuperGLUE RTE / CB (text casting) when a SuperGLUE
@@ -123,7 +123,7 @@ def generated_examples(split: str, seed: int = 0) -> list[dict[str, Any]]:
             start = rng.randint(0, len(words) - n)
             span = words[start : start + n]
             examples.append({"premise": " ".join(words), "hypothesis": " ".join(span), "label": 0})
-            if rng.random() < 0.5 and len(sentences) > 1:  # a span of another sentence of the topic
+            if len(sentences) > 1:  # a span of another sentence of the same topic
                 other = sentences[rng.choice([j for j in range(len(sentences)) if j != i])]
                 m = min(n, len(other))
                 k = rng.randint(0, len(other) - m)
@@ -131,11 +131,10 @@ def generated_examples(split: str, seed: int = 0) -> list[dict[str, Any]]:
             else:  # the span with one word swapped for a word the premise does not contain
                 present = {_strip(w) for w in words}
                 hypothesis = list(span)
-                pos = rng.randrange(len(span))
                 word = rng.choice(vocabulary)
                 while word in present:
                     word = rng.choice(vocabulary)
-                hypothesis[pos] = word
+                hypothesis[rng.randrange(len(span))] = word
             examples.append({"premise": " ".join(words), "hypothesis": " ".join(hypothesis), "label": 1})
     rng.shuffle(examples)
     for idx, ex in enumerate(examples):
