@@ -25,7 +25,13 @@ from flax.core import meta
 from test_train_cli import cli_env
 
 import gin
-from adaptation.classifier import ClassifierConfig, build_classifier, encoder_classifier, read_classifier_config
+from adaptation.classifier import (
+    ClassifierConfig,
+    abstract_params,
+    build_classifier,
+    encoder_classifier,
+    read_classifier_config,
+)
 from adaptation.models import DecoderOnlyLM, decoder_only
 from adaptation.models.heads import HeadConfig
 
@@ -56,6 +62,12 @@ def sst2_dir(shared_data, tmp_path_factory):
         (root / "SST-2" / name).write_text("\n".join(lines) + "\n")
     labels = [line.split("\t")[-1] for line in lines[1:]]
     return root, collections.Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def _random_params(config, seed=0):
+    """Random params of a classifier config without compiling its init (CPU compile time matters here)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype), abstract_params(config))
 
 
 def _train(tmp_path, gin_file, bindings):
@@ -144,16 +156,15 @@ def test_classifier_repads_and_scores_lists():
     for i, r in enumerate(rows):
         right[i, : len(r)] = r
         left[i, 6 - len(r):] = r
-    outs = {}
+    params = _random_params(cfg)
+    lists = np.stack([right, left])  # [2 lists, 3 candidates, 6 tokens]: the same rows, padded both ways
+    scores = {}
     for side in ("right", "left"):
-        model = build_classifier(cfg.replace(pad_side=side))
-        params = model.init(jax.random.PRNGKey(0), right)["params"]
-        outs[side] = [np.asarray(model.apply({"params": params}, t)) for t in (right, left)]
-    for a in (*outs["right"], *outs["left"]):
-        np.testing.assert_allclose(a, outs["right"][0], atol=1e-5)
-    lists = np.stack([right, left])  # [2 lists, 3 candidates, 6 tokens]
-    scores = build_classifier(cfg).apply({"params": params}, lists)
-    assert scores.shape == (2, 3)
+        scores[side] = np.asarray(build_classifier(cfg.replace(pad_side=side)).apply({"params": params}, lists))
+        assert scores[side].shape == (2, 3)
+        np.testing.assert_allclose(scores[side][1], scores[side][0], atol=1e-5)
+    np.testing.assert_allclose(scores["left"], scores["right"], atol=1e-5)
+    assert np.abs(scores["right"][0] - scores["right"][0, 0]).max() > 1e-6  # different rows, different scores
 
 
 def test_head_loss_fn_on_trainer_batches():
@@ -162,20 +173,23 @@ def test_head_loss_fn_on_trainer_batches():
     from adaptation.objectives.classification import head_loss_fn
 
     tokens = np.array([[3, 4, 5, 0], [6, 7, 0, 0], [0, 0, 0, 0]], np.int32)
-    clf = build_classifier(encoder_classifier("tiny", head=HeadConfig(num_classes=3)))
-    params = clf.init(jax.random.PRNGKey(0), tokens)["params"]
+    clf_config = encoder_classifier("tiny", head=HeadConfig(num_classes=3))
+    clf, params = build_classifier(clf_config), _random_params(clf_config)
     batch = {"encoder_input_tokens": tokens, "label": np.array([2, 0, 1], np.int32)}
-    loss, aux = head_loss_fn(params, batch, jax.random.PRNGKey(1), model=clf)
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, r: head_loss_fn(p, batch, r, model=clf), has_aux=True))
+    (loss, aux), grads = grad_fn(params, jax.random.PRNGKey(1))
     assert np.isfinite(loss) and float(aux["loss_denominator"]) == 2.0
-    grads = jax.grad(lambda p: head_loss_fn(p, batch, None, model=clf)[0])(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
-    ranker = build_classifier(encoder_classifier("tiny", head=HeadConfig(output="ranking", pooler="mean")))
-    rparams = ranker.init(jax.random.PRNGKey(0), tokens)["params"]
-    lists = {"encoder_input_tokens": np.stack([tokens, tokens[[1, 0, 2]]]), "labels": np.array([[1, 0, 0], [1, 0, 0]], np.float32)}
-    for name in ("listwise", "pairwise", "pointwise", "poly1"):
-        loss, aux = head_loss_fn(rparams, lists, None, model=ranker, ranking_loss_name=name)
+    ranker_config = encoder_classifier("tiny", head=HeadConfig(output="ranking", pooler="mean"))
+    ranker, rparams = build_classifier(ranker_config), _random_params(ranker_config)
+    lists = {"encoder_input_tokens": np.stack([tokens, tokens[[1, 0, 2]]]),
+             "labels": np.array([[1, 0, 0], [1, 0, 0]], np.float32)}
+    losses = jax.jit(lambda p: {name: head_loss_fn(p, lists, None, model=ranker, ranking_loss_name=name)
+                                for name in ("listwise", "pairwise", "pointwise", "poly1")})(rparams)
+    for loss, aux in losses.values():
         assert np.isfinite(loss) and float(aux["loss_denominator"]) == 2.0
+        assert 0.0 <= float(aux["accuracy"]) <= 1.0
 
 
 def test_head_that_does_not_fit_the_task_fails_at_configuration():
@@ -196,14 +210,20 @@ def test_attention_probability_dropout():
     """`attention_dropout_rate` acts only with dropout enabled; it changes outputs and keeps gradients finite."""
     tokens = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 0, 0]], np.int32)
     head = HeadConfig(num_classes=2, dropout_rate=0.0)
-    plain = build_classifier(encoder_classifier("tiny", head=head))
+    plain_config = encoder_classifier("tiny", head=head)
+    plain, params = build_classifier(plain_config), _random_params(plain_config)
     dropped = build_classifier(encoder_classifier("tiny", head=head, attention_dropout_rate=0.5))
-    params = plain.init(jax.random.PRNGKey(0), tokens)["params"]
     rngs = {"dropout": jax.random.PRNGKey(3)}
-    base = np.asarray(plain.apply({"params": params}, tokens))
-    np.testing.assert_allclose(dropped.apply({"params": params}, tokens), base, atol=1e-6)
-    np.testing.assert_allclose(plain.apply({"params": params}, tokens, enable_dropout=True, rngs=rngs), base, atol=1e-6)
-    noisy = np.asarray(dropped.apply({"params": params}, tokens, enable_dropout=True, rngs=rngs))
-    assert np.abs(noisy - base).max() > 1e-4
-    grads = jax.grad(lambda p: dropped.apply({"params": p}, tokens, enable_dropout=True, rngs=rngs).sum())(params)
+
+    @jax.jit
+    def run(p):
+        noisy = lambda q: dropped.apply({"params": q}, tokens, enable_dropout=True, rngs=rngs)  # noqa: E731
+        return (plain.apply({"params": p}, tokens), dropped.apply({"params": p}, tokens),
+                plain.apply({"params": p}, tokens, enable_dropout=True, rngs=rngs), noisy(p),
+                jax.grad(lambda q: noisy(q).sum())(p))
+
+    base, dropped_off, plain_on, noisy, grads = run(params)
+    np.testing.assert_allclose(dropped_off, base, atol=1e-6)
+    np.testing.assert_allclose(plain_on, base, atol=1e-6)
+    assert np.abs(np.asarray(noisy) - np.asarray(base)).max() > 1e-4
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

@@ -1,6 +1,7 @@
-"""Sweeps (`python -m adaptation.sweep`): the Gemma Encoder study grid and the SuperGLUE per-task grid
-search, run at tiny size from their gin files (`gin/encoder/study_sweep.gin`,
-`gin/superglue/sweep_superglue.gin`) with a reduced grid; the plan, naming and table helpers.
+"""Sweeps (`python -m adaptation.sweep`): the Gemma Encoder study (`gin/encoder/study_sweep.gin`) run at
+tiny size with a reduced grid, printing its comparison table; the shipped grids of the study and of the
+SuperGLUE per-task search (`gin/superglue/sweep_superglue.gin`); the plan, naming and table helpers
+(best setting per group, failed runs).
 """
 
 import json
@@ -37,7 +38,8 @@ def test_study_sweep_prints_one_comparison_table(shared_data, tmp_path):
     lines = (shared_data / "glue" / "SST-2" / "train.tsv").read_text().split("\n")[:25]
     (root / "SST-2" / "train.tsv").write_text("\n".join(lines) + "\n")
     (root / "SST-2" / "dev.tsv").write_text("\n".join(lines) + "\n")
-    grid = "{'POOLER': ['last', 'mean'], 'CAUSAL': [False, True], 'FINETUNE_DROPOUT': [0.1], 'PAD_SIDE': ['left']}"
+    # Two runs (each compiles its own model); every axis of the study reaches the run's model config.
+    grid = "{'POOLER': ['last', 'kv_probe'], 'CAUSAL': [True], 'FINETUNE_DROPOUT': [0.1], 'PAD_SIDE': ['left']}"
     out_dir, out = _run_sweep(tmp_path, "encoder/study_sweep.gin", [
         f"--gin.GLUE_DIR='{root}'", "--gin.GLUE_TASK='sst2'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 24}",
         "--gin.TRAIN_STEPS=8", "--gin.LEARNING_RATE=2e-3", f"--gin.sweep.grid={grid}",
@@ -46,8 +48,7 @@ def test_study_sweep_prints_one_comparison_table(shared_data, tmp_path):
     assert "sweep runs" in out and "best setting" in out
     results = json.loads((out_dir / "sweep_results.json").read_text())
     runs = results["runs"]
-    assert [(r["setting"]["POOLER"], r["setting"]["CAUSAL"]) for r in runs] == [
-        ("last", False), ("last", True), ("mean", False), ("mean", True)]
+    assert [r["setting"]["POOLER"] for r in runs] == ["last", "kv_probe"]
     for r in runs:
         assert 0.0 <= r["score"] <= 1.0 and r["results"]["sst2"]["num_examples"] == 24
         name = sweep.run_name(r["setting"])
@@ -55,32 +56,10 @@ def test_study_sweep_prints_one_comparison_table(shared_data, tmp_path):
         config = json.loads((out_dir / name / "model_config.json").read_text())
         assert config["classifier"]["head"]["pooler"] == r["setting"]["POOLER"]
         assert config["classifier"]["pad_side"] == "left"
-        assert config["config"]["causal"] is r["setting"]["CAUSAL"]
+        assert config["config"]["causal"] is True
         assert config["config"]["dropout_rate"] == 0.1 and config["config"]["attention_dropout_rate"] == 0.1
         assert config["classifier"]["head"]["dropout_rate"] == 0.1
     assert results["best"][0]["score"] == max(r["score"] for r in runs)
-
-
-@pytest.mark.slow
-def test_superglue_sweep_prints_best_setting_per_task(shared_data, tmp_path):
-    root = tmp_path / "sg_data"  # not "superglue/": gin would take it for a package of gin files
-    (root / "CB").mkdir(parents=True)
-    rows = (shared_data / "superglue" / "CB" / "train.jsonl").read_text().splitlines()[:16]
-    for name in ("train.jsonl", "val.jsonl"):
-        (root / "CB" / name).write_text("\n".join(rows) + "\n")
-    grid = "{'SUPERGLUE_TASK': ['cb'], 'LEARNING_RATE': [1e-6, 3e-3], 'BATCH_SIZE': [8], 'HEAD_DROPOUT': [0.0]}"
-    out_dir, out = _run_sweep(tmp_path, "superglue/sweep_superglue.gin", [
-        f"--gin.SUPERGLUE_DIR='{root}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32}", "--gin.TRAIN_STEPS=30",
-        f"--gin.sweep.grid={grid}",
-    ])
-    print(out)
-    assert "best setting per SUPERGLUE_TASK" in out
-    best_line = out.split("best setting per SUPERGLUE_TASK")[1].strip().splitlines()[0]
-    results = json.loads((out_dir / "sweep_results.json").read_text())
-    best = results["best"][0]
-    assert best_line.startswith("SUPERGLUE_TASK=cb:") and f"LEARNING_RATE={best['setting']['LEARNING_RATE']}" in best_line
-    assert best["score"] == max(r["score"] for r in results["runs"])
-    assert set(best["results"]["cb"]["metrics"]) == {"accuracy", "f1"}
 
 
 def test_plan_settings_and_table():
@@ -104,24 +83,39 @@ def test_plan_settings_and_table():
     assert not math.isnan(best[("cb",)]["score"])
 
 
-def test_study_gin_names_the_full_grid():
-    """The shipped study grid: 5 poolers x 2 masks x 2 dropouts x 2 padding sides."""
+def _sweep_plan(gin_file, bindings):
+    """The plan (`sweep(...)` as the gin file binds it) and the eval bindings of a shipped sweep gin file."""
     import gin
     from adaptation import gin_utils
+    from adaptation.train import train
 
     gin.clear_config()
     try:
         gin_utils.register_configurables()
         gin_utils.register_configurables(gin_utils.DATA_CONFIGURABLES)
-        gin_utils.bind_configurable(sweep.sweep, "sweep")
-        from adaptation.train import train
-
         gin_utils.bind_configurable(train, "train")
         gin_utils.bind_configurable(sweep.sweep_eval, "sweep_eval")
-        gin_utils.parse_config(["encoder/study_sweep.gin"], ["SWEEP_DIR = '/tmp/x'", "GLUE_DIR = '/tmp/g'"],
-                               gin_utils.default_search_paths())
-        grid = gin.query_parameter("sweep.grid")
+        plan = gin_utils.bind_configurable(sweep.sweep, "sweep")
+        gin_utils.parse_config([gin_file], bindings, gin_utils.default_search_paths())
+        return plan(), str(gin.query_parameter("sweep_eval.benchmark"))
     finally:
         gin.clear_config()
-    assert grid["POOLER"] == ["first", "last", "mean", "query_probe", "kv_probe"]
-    assert len(sweep.settings(grid)) == 40
+
+
+def test_study_gin_names_the_full_grid():
+    """The shipped study grid: 5 poolers x 2 masks x 2 dropouts x 2 padding sides, scored on GLUE."""
+    plan, benchmark = _sweep_plan("encoder/study_sweep.gin", ["SWEEP_DIR = '/tmp/x'", "GLUE_DIR = '/tmp/g'"])
+    assert plan["grid"]["POOLER"] == ["first", "last", "mean", "query_probe", "kv_probe"]
+    assert plan["grid"]["CAUSAL"] == [False, True] and plan["grid"]["PAD_SIDE"] == ["right", "left"]
+    assert len(sweep.settings(plan["grid"])) == 40 and plan["group_by"] == []
+    assert "glue_benchmark" in benchmark
+
+
+def test_superglue_gin_grid_searches_per_task():
+    """The shipped SuperGLUE grid: learning rate x batch size x dropout for each of the paper's 7 tasks,
+    best per task (the runs use the same machinery as the study sweep above)."""
+    plan, benchmark = _sweep_plan("superglue/sweep_superglue.gin", ["SWEEP_DIR = '/tmp/x'", "SUPERGLUE_DIR = '/tmp/s'"])
+    assert plan["group_by"] == ["SUPERGLUE_TASK"]
+    assert plan["grid"]["SUPERGLUE_TASK"] == ["boolq", "cb", "copa", "multirc", "rte", "wic", "wsc"]
+    assert {"LEARNING_RATE", "BATCH_SIZE", "HEAD_DROPOUT"} <= set(plan["grid"])
+    assert "superglue_benchmark" in benchmark
