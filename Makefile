@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo bench
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Benchmarks (DESIGN.md §5): prints a table, writes bench.json. BENCH_ARGS: e.g. --gpu, --parts matmul,train.
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check adaptation tasks tests

@@ -163,10 +163,15 @@ class DecoderOnlyLM(nn.Module):
         decoder_segment_ids: Optional[Array] = None,
         decoder_positions: Optional[Array] = None,
         enable_dropout: bool = False,
+        return_hidden: bool = False,
     ) -> Array:
+        """[B, T, V] logits; with `return_hidden`, (final-norm hidden states [B, T, D], the head's
+        table [V, D]) instead, for losses that fuse the head (`objectives.fused_xent`)."""
         segments, positions = _segments_and_positions(decoder_input_tokens, decoder_segment_ids, decoder_positions)
         x = self.embedder.encode(decoder_input_tokens)
         hidden, _ = self.decoder(x, segments, positions, deterministic=not enable_dropout)
+        if return_hidden:
+            return hidden, self.embedder.embedding
         return output_logits(self.embedder, hidden, self.config.final_logit_soft_cap)
 
 
@@ -243,8 +248,10 @@ class EncoderDecoder(nn.Module):
         cache: Optional[dict] = None,
         decode_index: Optional[Array] = None,
         enable_dropout: bool = False,
+        return_hidden: bool = False,
     ):
-        """Decoder logits [B, T, V]; with a `cache`, returns (logits, new_cache).
+        """Decoder logits [B, T, V]; with a `cache`, returns (logits, new_cache); with `return_hidden`
+        (no cache), (final-norm hidden states [B, T, D], the head's table [V, D]).
 
         Args:
           encoded, encoder_segment_ids: outputs of `encode` and the encoder segment ids.
@@ -270,6 +277,8 @@ class EncoderDecoder(nn.Module):
             decode_index=decode_index,
             deterministic=not enable_dropout,
         )
+        if return_hidden and cache is None:
+            return hidden, self.decoder_embedder.embedding
         logits = output_logits(self.decoder_embedder, hidden, self.config.decoder.final_logit_soft_cap)
         return logits if cache is None else (logits, new_cache)
 
@@ -282,6 +291,7 @@ class EncoderDecoder(nn.Module):
         encoder_positions: Optional[Array] = None,
         decoder_positions: Optional[Array] = None,
         enable_dropout: bool = False,
+        return_hidden: bool = False,
     ) -> Array:
         if encoder_segment_ids is None:
             encoder_segment_ids = masks.segment_ids_from_tokens(encoder_input_tokens)
@@ -293,4 +303,5 @@ class EncoderDecoder(nn.Module):
             decoder_segment_ids,
             decoder_positions,
             enable_dropout=enable_dropout,
+            return_hidden=return_hidden,
         )

@@ -40,10 +40,10 @@ class LossFn(Protocol):
     ) -> tuple[Array, dict]: ...
 
 
-def model_logits(model: Any, params: Any, batch: dict, rng: Optional[Array]) -> Array:
+def model_logits(model: Any, params: Any, batch: dict, rng: Optional[Array], **kwargs) -> Array:
     """Runs an encoder-decoder (batch has `encoder_input_tokens`) or a decoder-only model.
 
-    Dropout is on when `rng` is given.
+    Dropout is on when `rng` is given. `kwargs` go to the model (e.g. `return_hidden=True`).
     """
     rngs = {} if rng is None else {"dropout": rng}
     enable_dropout = rng is not None
@@ -59,6 +59,7 @@ def model_logits(model: Any, params: Any, batch: dict, rng: Optional[Array]) -> 
             decoder_positions=batch.get("decoder_positions"),
             enable_dropout=enable_dropout,
             rngs=rngs,
+            **kwargs,
         )
     return model.apply(
         variables,
@@ -67,7 +68,19 @@ def model_logits(model: Any, params: Any, batch: dict, rng: Optional[Array]) -> 
         decoder_positions=batch.get("decoder_positions"),
         enable_dropout=enable_dropout,
         rngs=rngs,
+        **kwargs,
     )
+
+
+def _fusable_head_cap(model: Any) -> tuple[bool, Optional[float]]:
+    """(whether the model can return hidden states + head table, its final-logit soft-cap)."""
+    from adaptation.models.transformer import DecoderOnlyLM, EncoderDecoder
+
+    if isinstance(model, EncoderDecoder):
+        return True, model.config.decoder.final_logit_soft_cap
+    if isinstance(model, DecoderOnlyLM):
+        return True, model.config.final_logit_soft_cap
+    return False, None
 
 
 def cross_entropy_with_z_loss(
@@ -107,23 +120,36 @@ def cross_entropy_loss_fn(
     model: Any,
     teacher: Optional[Teacher] = None,
     z_loss: float = 1e-4,
+    fused_head: bool = True,
 ) -> tuple[Array, dict]:
     """The default loss: cross-entropy on `decoder_target_tokens` weighted by `decoder_loss_weights`.
 
-    Bind `z_loss` with `functools.partial`. The teacher is ignored.
+    Bind `z_loss` with `functools.partial`. The teacher is ignored. With `fused_head` (our LM and
+    encoder-decoder models) the output head and the cross-entropy are fused and chunked
+    (`objectives.fused_xent`: same values, no [B, T, V] logits in memory).
     """
     del teacher
-    logits = model_logits(model, params, batch, rng)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     if weights is None:
         weights = (targets > 0).astype(jnp.float32)
-    total, z_sum, denom = cross_entropy_with_z_loss(logits, targets, weights, z_loss)
+    fusable, cap = _fusable_head_cap(model)
+    if fused_head and fusable:
+        from adaptation.objectives.fused_xent import fused_cross_entropy
+
+        hidden, table = model_logits(model, params, batch, rng, return_hidden=True)
+        total, z_sum, denom, correct = fused_cross_entropy(
+            hidden, table, targets, weights, z_loss=z_loss, soft_cap=cap
+        )
+    else:
+        logits = model_logits(model, params, batch, rng)
+        total, z_sum, denom = cross_entropy_with_z_loss(logits, targets, weights, z_loss)
+        correct = token_accuracy_sum(logits, targets, weights)
     safe = jnp.maximum(denom, 1e-8)
     aux = {
         "loss_denominator": denom,
         "z_loss": z_sum / safe,
-        "accuracy": token_accuracy_sum(logits, targets, weights) / safe,
+        "accuracy": correct / safe,
         "cross_entropy": (total - z_sum) / safe,
     }
     return total / safe, aux
