@@ -276,7 +276,8 @@ def test_tiny_gemma3_source_adapts_and_trains_ul2_from_the_command_line(tmp_path
     assert len(losses) == 30 and all(np.isfinite(losses))
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     print(f"T5Gemma 2 tiny UL2 from the CLI: mean loss of steps 1-5 {first:.3f} -> steps 26-30 {last:.3f}")
-    assert last < 0.9 * first, (first, last)
+    # Starts near ln(vocab) (embeddings N(0, 0.02)): the last 5 steps must sit 0.25 nats below the first 5.
+    assert last < first - 0.25, (first, last)
     # The trained run is a T5Gemma 2 model that load_checkpoint reads.
     model, _ = load_checkpoint(tmp_path / "run")
     assert model.config.decoder.merged_attention and model.config.tie_all_embeddings
