@@ -247,6 +247,7 @@ def train(
             save_due = final or step % checkpoint_config.save_every_steps == 0
             stopped = watcher.should_stop(step)
             if save_due or stopped or step % log_every_steps == 0:
+                jax.block_until_ready(pending[-1][1])  # steps dispatch asynchronously: time them done
                 elapsed = time.time() - t_last
                 step_time = elapsed / max(steps_since, 1)
                 extra = {
