@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from adaptation.models import axes, masks
 from adaptation.models.config import TransformerConfig
 from adaptation.models.layers import Embedder
-from adaptation.models.transformer import Stack
+from adaptation.models.transformer import Stack, segments_and_positions
 
 Array = jnp.ndarray
 
@@ -267,10 +267,7 @@ class EncoderClassifier(nn.Module):
         enable_dropout: bool = False,
     ) -> Array:
         """[B, T] ids -> [B, T, D] final-norm hidden states."""
-        if segment_ids is None:
-            segment_ids = masks.segment_ids_from_tokens(tokens)
-        if positions is None:
-            positions = masks.positions_from_segments(segment_ids)
+        segment_ids, positions = segments_and_positions(tokens, segment_ids, positions)
         x = self.embedder.encode(tokens)
         hidden, _ = self.encoder(x, segment_ids, positions, deterministic=not enable_dropout)
         return hidden

@@ -129,7 +129,7 @@ class Stack(nn.Module):
         return shared
 
 
-def _segments_and_positions(tokens: Array, segment_ids: Optional[Array], positions: Optional[Array]):
+def segments_and_positions(tokens: Array, segment_ids: Optional[Array], positions: Optional[Array]):
     """Segment ids from the pad id when not given; positions counted inside segments when not given."""
     if segment_ids is None:
         segment_ids = masks.segment_ids_from_tokens(tokens)
@@ -167,7 +167,7 @@ class DecoderOnlyLM(nn.Module):
     ) -> Array:
         """[B, T, V] logits; with `return_hidden`, (final-norm hidden states [B, T, D], the head's
         table [V, D]) instead, for losses that fuse the head (`objectives.fused_xent`)."""
-        segments, positions = _segments_and_positions(decoder_input_tokens, decoder_segment_ids, decoder_positions)
+        segments, positions = segments_and_positions(decoder_input_tokens, decoder_segment_ids, decoder_positions)
         x = self.embedder.encode(decoder_input_tokens)
         hidden, _ = self.decoder(x, segments, positions, deterministic=not enable_dropout)
         if return_hidden:
@@ -191,7 +191,7 @@ class EncoderOnly(nn.Module):
         positions: Optional[Array] = None,
         enable_dropout: bool = False,
     ) -> Array:
-        segments, positions = _segments_and_positions(tokens, segment_ids, positions)
+        segments, positions = segments_and_positions(tokens, segment_ids, positions)
         hidden, _ = self.encoder(self.embedder.encode(tokens), segments, positions, deterministic=not enable_dropout)
         return hidden
 
@@ -230,7 +230,7 @@ class EncoderDecoder(nn.Module):
         given, so that another tower (e.g. vision) can feed the encoder; the tokens still define
         padding.
         """
-        segments, positions = _segments_and_positions(encoder_input_tokens, encoder_segment_ids, encoder_positions)
+        segments, positions = segments_and_positions(encoder_input_tokens, encoder_segment_ids, encoder_positions)
         if encoder_input_embeddings is None:
             x = self.encoder_embedder.encode(encoder_input_tokens)
         else:
@@ -265,7 +265,7 @@ class EncoderDecoder(nn.Module):
             length = decoder_input_tokens.shape[1]
             decoder_positions = decode_index + jnp.arange(length, dtype=jnp.int32)[None, :]
             decoder_positions = jnp.broadcast_to(decoder_positions, decoder_input_tokens.shape)
-        segments, positions = _segments_and_positions(decoder_input_tokens, decoder_segment_ids, decoder_positions)
+        segments, positions = segments_and_positions(decoder_input_tokens, decoder_segment_ids, decoder_positions)
         x = self.decoder_embedder.encode(decoder_input_tokens)
         hidden, new_cache = self.decoder(
             x,
