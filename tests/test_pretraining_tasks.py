@@ -137,7 +137,12 @@ def _train(tmp_path, extra):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A tiny random decoder-only teacher (small vocabulary) and the encoder-decoder adapted from it."""
+    """A tiny random decoder-only model (small vocabulary), the encoder-decoder adapted from it, and a teacher.
+
+    The teacher is the same random model with its final norm scaled up (logits x41): a random teacher's
+    distribution is near uniform, which a student already matches at step 0, so nothing would show that
+    distillation pulls the student toward it; the sharpened one has entropy ~2.2 nats, far from the student.
+    """
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -149,8 +154,10 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     cfg = decoder_only("tiny", vocab_size=2256)
     params = nn.meta.unbox(DecoderOnlyLM(cfg).init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"])
-    save_model(root / "teacher", cfg, params)
     adapted = adapt((cfg, params))
+    teacher = jax.tree_util.tree_map(lambda x: x, params)
+    teacher["decoder"]["final_norm"]["scale"] = jnp.full_like(params["decoder"]["final_norm"]["scale"], 40.0)
+    save_model(root / "teacher", cfg, teacher)
     save_model(root / "student", adapted.config, adapted.params)
     return root
 
@@ -179,7 +186,7 @@ def test_cli_ul2_tiny_adapted_model_loss_falls(checkpoints, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prefix_lm_kd_tiny_adapted_model_loss_falls(checkpoints, tmp_path):
+def test_cli_prefix_lm_kd_student_moves_toward_teacher(checkpoints, tmp_path):
     os.symlink(checkpoints / "student", tmp_path / "student")
     metrics = _train(
         tmp_path,
@@ -188,9 +195,15 @@ def test_cli_prefix_lm_kd_tiny_adapted_model_loss_falls(checkpoints, tmp_path):
             "--gin.MIXTURE_OR_TASK_NAME='pydoc_prefix_lm'",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
             f"--gin.TEACHER_CHECKPOINT='{checkpoints}/teacher'",
-            "--gin.KD_ALPHA=0.5",
+            "--gin.KD_ALPHA=1.0",
         ],
     )
-    _falls(metrics)
+    # Pure distillation (alpha 1, T 1): the loss is the soft cross-entropy against the teacher (+ z-loss), and it falls
+    # (measured: 7.30 -> 6.65 nats) while the labels' CE does not (the teacher is random, so following it
+    # does not fit the data: 7.71 -> 8.10).
+    for m in metrics:
+        np.testing.assert_allclose(m["loss"], m["kd_soft_cross_entropy"] + m["z_loss"], rtol=1e-5)
+        assert 0 <= m["teacher_entropy"] < 3.0, m["teacher_entropy"]
     _falls(metrics, "kd_soft_cross_entropy")
-    assert all(m["teacher_entropy"] >= 0 for m in metrics)
+    labels_ce = [m["cross_entropy"] for m in metrics]
+    assert np.mean(labels_ce[-5:]) > np.mean(labels_ce[:5]) - 0.1, labels_ce
