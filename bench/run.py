@@ -584,6 +584,7 @@ def part_pipelines(cfg: BenchConfig, work: str) -> dict:
     import numpy as np
 
     from adaptation.data.features import feature_converter
+    from adaptation.data.iterator import pipeline_options
     from adaptation.objectives import prefix_lm, ul2, vocabularies
     from bench.preprocessors import _rate
 
@@ -600,14 +601,14 @@ def part_pipelines(cfg: BenchConfig, work: str) -> dict:
         ds.reduce(np.int64(0), lambda acc, _: acc + 1)  # fill the cache: reading is not timed
         return ds
 
-    def to_model(ds):
-        return feature_converter("encoder_decoder")(ds, lengths).batch(cfg.batch)
+    def to_model(ds):  # the trainer's options (`BatchIterator`), then its converter and batching
+        return feature_converter("encoder_decoder")(ds, lengths).batch(cfg.batch).with_options(pipeline_options())
 
     sentinels = vocabularies.sentinel_ids(vocab, ul2.max_spans(ul2.T5GEMMA2_DENOISERS, ul2_len))
     ul2_ds = ul2.ul2_denoise(source(ul2_len), ul2.T5GEMMA2_DENOISERS, seed=0, sentinel_ids=sentinels,
                              max_length=ul2_len, batch_size=128)
     pfx_ds = prefix_lm.split_in_half(source(pfx_len))
-    out: dict[str, Any] = {"examples": n, "threads": "tf.data default (all cores)"}
+    out: dict[str, Any] = {"examples": n, "threads": "one per core (autotuning off, as in training)"}
     for name, ds, length in (("ul2", ul2_ds, ul2_len), ("prefix_lm", pfx_ds, pfx_len)):
         examples_per_s = _rate(to_model(ds), n)  # `_rate` counts what it is given: examples here
         out[name] = {

@@ -70,6 +70,44 @@ def test_child_env_drops_the_emulated_devices(tmp_path, monkeypatch):
     assert env["PYTHONPATH"].split(os.pathsep)[0] == REPO
 
 
+def _stage(name, code, tmp_path, needs=()):
+    """A stage whose command is a short Python program (`code`), run in `tmp_path`."""
+    out = str(tmp_path / name)
+    return demo.Stage(name, f"stage {name}", [sys.executable, "-c", code.replace("OUT", repr(out))], out, "convert",
+                      needs=needs)
+
+
+def test_stages_run_side_by_side_after_what_they_need(tmp_path):
+    # "b" needs "a"; "c" needs nothing, so it starts beside "a". Each writes its start/end times.
+    code = ("import json, os, time; t = time.time(); time.sleep({}); os.makedirs(OUT); "
+            "json.dump([t, time.time()], open(os.path.join(OUT, 't.json'), 'w'))")
+    stages = [_stage("a", code.format(1.5), tmp_path), _stage("b", code.format(0.1), tmp_path, needs=("a",)),
+              _stage("c", code.format(1.5), tmp_path)]
+    lines = []
+    records = demo.run_stages(stages, str(tmp_path), jobs=2, log=lines.append)
+    times = {n: json.loads((tmp_path / n / "t.json").read_text()) for n in "abc"}
+    assert times["b"][0] >= times["a"][1]  # after what it needs
+    assert times["c"][0] < times["a"][1] and times["a"][0] < times["c"][1]  # side by side
+    assert set(records) == {"a", "b", "c"} and all(r["cpu_s"] >= 0 for r in records.values())
+    # Overlapping stages count once in the total.
+    assert demo.elapsed_union(list(records.values())) < sum(r["wall_s"] for r in records.values()) - 1.0
+    # One at a time with jobs=1; done stages are reused.
+    (tmp_path / "c.done.json").unlink()
+    demo.run_stages(stages, str(tmp_path), jobs=1, log=lines.append)
+    assert sum("reusing" in line for line in lines) == 2
+
+
+def test_a_failed_stage_stops_new_ones_and_keeps_finished_ones(tmp_path):
+    stages = [_stage("bad", "raise SystemExit(3)", tmp_path), _stage("after", "pass", tmp_path, needs=("bad",)),
+              _stage("other", "import time; time.sleep(0.5)", tmp_path)]
+    with pytest.raises(RuntimeError, match=r"stage bad failed \(exit status 3\)"):
+        demo.run_stages(stages, str(tmp_path), jobs=2, log=lambda _: None)
+    assert (tmp_path / "other.done.json").exists()  # the one running beside it finished and is reusable
+    assert not (tmp_path / "after.done.json").exists() and not (tmp_path / "bad.done.json").exists()
+    with pytest.raises(ValueError, match="unknown stages"):
+        demo.run_stages([_stage("x", "pass", tmp_path, needs=("y",))], str(tmp_path))
+
+
 def _fake_run(run_dir, task):
     """Trainer/eval outputs as the stages leave them (metrics files and markers), without training."""
     curves = {"lm": 5.0, "ul2_adapted": 3.0, "ul2_scratch": 5.5, "finetune_adapted": 0.3, "finetune_scratch": 0.6}

@@ -14,7 +14,7 @@ import importlib
 import logging
 from typing import Callable, Iterator, Mapping, Optional
 
-__all__ = ["BatchIterator", "DatasetConfig", "get_dataset", "host_shard"]
+__all__ = ["BatchIterator", "DatasetConfig", "get_dataset", "host_shard", "pipeline_options"]
 
 import jax
 import numpy as np
@@ -30,6 +30,20 @@ Batch = dict[str, np.ndarray]
 def host_shard() -> seqio.ShardInfo:
     """This process's shard of the input."""
     return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def pipeline_options() -> tf.data.Options:
+    """The tf.data options of every input pipeline: deterministic order, no autotuning.
+
+    Autotuning is off because its model thread made the iterator's destructor wait up to ~40 s (at the
+    end of a run, after every in-training eval) in half of the demo's finetune runs; parallel maps then
+    use one thread per core, which keeps the pipelines far ahead of the train step (`make bench`
+    measures them with these options).
+    """
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = False
+    return options
 
 
 def get_dataset(config: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
@@ -59,9 +73,7 @@ def get_dataset(config: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = N
         verbose=False,
         seed=config.seed,
     )
-    options = tf.data.Options()
-    options.deterministic = True
-    ds = ds.with_options(options)
+    ds = ds.with_options(pipeline_options())
     drop_remainder = config.num_epochs is None
     return ds.batch(config.batch_size // shard_info.num_shards, drop_remainder=drop_remainder)
 
