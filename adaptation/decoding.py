@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptation.models import masks
-from adaptation.models.config import EncoderDecoderConfig
+from adaptation.models.config import EncoderDecoderConfig, TransformerConfig
 from adaptation.models.transformer import EncoderDecoder
 
 Array = jnp.ndarray
@@ -261,6 +261,13 @@ def decoder_tokens_to_logits(
     return tokens_to_logits
 
 
+def empty_cache(config: TransformerConfig, batch_size: int, max_decode_length: int) -> dict:
+    """An empty self-attention cache of a decoder stack: `k`, `v` zeros [L, B, K, max_decode_length, H]
+    (heads before positions, the layout the attention matmuls read without a transpose)."""
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_decode_length, config.head_dim)
+    return {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+
+
 def init_cache(
     model: EncoderDecoder,
     params: dict,
@@ -271,8 +278,8 @@ def init_cache(
     *,
     bos_id: int = BOS_ID,
 ) -> dict:
-    """The decoder cache: self-attention `k`, `v` [L, B, max_decode_length, K, H] (zeros) and the
-    encoder keys/values `enc_k`, `enc_v` [L, B, S_enc, K, H] of the cross- or merged attention,
+    """The decoder cache: self-attention `k`, `v` [L, B, K, max_decode_length, H] (zeros) and the
+    encoder keys/values `enc_k`, `enc_v` [L, B, K, S_enc, H] of the cross- or merged attention,
     projected once from `encoded` ([B, S_enc, E]).
 
     The encoder keys/values come from one decoder call on bos at position 0; that call also writes
@@ -284,8 +291,7 @@ def init_cache(
         encoder_segment_ids = jnp.ones(encoded.shape[:2], jnp.int32)
     if encoded.shape[0] != batch_size:
         raise ValueError(f"encoded has batch {encoded.shape[0]}, batch_size is {batch_size}.")
-    shape = (cfg.num_layers, batch_size, max_decode_length, cfg.num_kv_heads, cfg.head_dim)
-    cache = {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    cache = empty_cache(cfg, batch_size, max_decode_length)
     bos = jnp.full((batch_size, 1), bos_id, jnp.int32)
     _, cache = decoder_tokens_to_logits(model, params, encoded, encoder_segment_ids)(bos, cache, jnp.int32(0))
     return cache

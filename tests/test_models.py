@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
+from adaptation import decoding
 from adaptation.models import (
     DecoderOnlyLM,
     EncoderDecoder,
@@ -90,9 +91,7 @@ def test_cached_decoding_equals_full_forward(merged):
     params = _init(model, enc, dec)
     full = model.apply({"params": params}, enc, dec)
     encoded = model.apply({"params": params}, enc, method=model.encode)
-    d = cfg.decoder
-    shape = (d.num_layers, 2, dec.shape[1], d.num_kv_heads, d.head_dim)
-    cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
+    cache = decoding.empty_cache(cfg.decoder, 2, dec.shape[1])
     steps = []
     for t in range(dec.shape[1]):
         logits, cache = model.apply(

@@ -164,17 +164,22 @@ class Attention(nn.Module):
             k = apply_rope(k, *rope)
         return nn.with_logical_constraint(k, axes.ACT_KV), nn.with_logical_constraint(v, axes.ACT_KV)
 
-    def attend(self, q: Array, k: Array, v: Array, mask: Array, deterministic: bool = True) -> Array:
+    def attend(
+        self, q: Array, k: Array, v: Array, mask: Array, deterministic: bool = True, heads_major: bool = False
+    ) -> Array:
         """Softmax attention of [B, T, N, H] queries over [B, S, K, H] keys/values; mask [B, T, S].
 
+        `heads_major`: keys/values are [B, K, S, H] (the decoding cache's layout: the attention
+        matmuls read it as is, where [B, S, K, H] needs a transpose of the whole cache at every step).
         With `deterministic=False` and `config.attention_dropout_rate > 0`, the probabilities are
         dropped out (rng stream "dropout").
         """
         cfg = self.config
         b, t, n, h = q.shape
-        kv_heads = k.shape[2]
+        kv_heads = k.shape[1] if heads_major else k.shape[2]
+        kv = "BKSH" if heads_major else "BSKH"
         q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32)
+        logits = jnp.einsum(f"BTKGH,{kv}->BKGTS", q, k).astype(jnp.float32)
         logits = soft_cap(logits, cfg.attn_logits_soft_cap)
         logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
         probs = jax.nn.softmax(logits, axis=-1)
@@ -183,7 +188,7 @@ class Attention(nn.Module):
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, probs.shape)
             probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
         probs = probs.astype(v.dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        out = jnp.einsum(f"BKGTS,{kv}->BTKGH", probs, v).reshape(b, t, n, h)
         # [B, T, N, H] -> [B, T, D]
         return jnp.einsum("BTNH,NHD->BTD", out, self.o.astype(cfg.compute_dtype))
 

@@ -99,7 +99,7 @@ class Stack(nn.Module):
         if decode_index is not None:
             # Keys are the cache slots; those before decode_index + T are filled.
             batch, length = segment_ids.shape
-            max_length = cache["k"].shape[2]
+            max_length = cache["k"].shape[3]  # [L, B, K, S_max, H]
             key_positions = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32), (batch, max_length))
             key_segments = (key_positions < decode_index + length).astype(jnp.int32)
         else:
