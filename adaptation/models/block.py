@@ -120,7 +120,7 @@ class Block(nn.Module):
             enc_k, enc_v = self._encoder_kv(cross, cache, new_cache, shared)
             h = cross.attend(
                 cross.queries(h, None), enc_k, enc_v, shared["cross_mask"], deterministic=self.deterministic,
-                heads_major=cache is not None,
+                heads_major=heads_major,
             )
             x = self._residual(x, h, "post_cross_attention_norm" if cfg.use_post_attn_norm else None)
 
