@@ -39,11 +39,6 @@ def _pick(is_local: Any, local: Any, global_: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(is_local, a, b), local, global_)
 
 
-def _heads_major(x: Array) -> Array:
-    """[B, S, K, H] -> [B, K, S, H] (the decoding cache's layout)."""
-    return jnp.swapaxes(x, 1, 2)
-
-
 class Block(nn.Module):
     """One transformer layer.
 
@@ -95,22 +90,18 @@ class Block(nn.Module):
         attn = Attention(cfg, name="attn")
         h = self._norm("pre_attention_norm")(x)
         q = attn.queries(h, rope)
-        k, v = attn.keys_values(h, rope)
-        heads_major = cache is not None  # the decoding cache keeps keys/values [B, K, S, H]
-        if heads_major:
-            k, v = _heads_major(k), _heads_major(v)
+        k, v = attn.keys_values(h, rope)  # [B, K, T, H], the cache's layout
         if cache is not None and "k" in cache:
             index = shared["decode_index"]
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=2)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=2)
             new_cache.update(k=k, v=v)
-        seq_axis = 2 if heads_major else 1
         if cfg.merged_attention:
             enc_k, enc_v = self._encoder_kv(attn, cache, new_cache, shared)
-            k = jnp.concatenate([k, enc_k.astype(k.dtype)], axis=seq_axis)
-            v = jnp.concatenate([v, enc_v.astype(v.dtype)], axis=seq_axis)
+            k = jnp.concatenate([k, enc_k.astype(k.dtype)], axis=2)
+            v = jnp.concatenate([v, enc_v.astype(v.dtype)], axis=2)
             mask = jnp.concatenate([mask, shared["cross_mask"]], axis=-1)
-        h = attn.attend(q, k, v, mask, deterministic=self.deterministic, heads_major=heads_major)
+        h = attn.attend(q, k, v, mask, deterministic=self.deterministic)
         x = self._residual(x, h, "post_attention_norm" if cfg.use_post_attn_norm else None)
 
         # 2. Cross-attention (T5Gemma decoders).
@@ -118,10 +109,7 @@ class Block(nn.Module):
             cross = Attention(cfg, kv_dim=cfg.kv_input_dim, name="cross_attn")
             h = self._norm("pre_cross_attention_norm")(x)
             enc_k, enc_v = self._encoder_kv(cross, cache, new_cache, shared)
-            h = cross.attend(
-                cross.queries(h, None), enc_k, enc_v, shared["cross_mask"], deterministic=self.deterministic,
-                heads_major=heads_major,
-            )
+            h = cross.attend(cross.queries(h, None), enc_k, enc_v, shared["cross_mask"], deterministic=self.deterministic)
             x = self._residual(x, h, "post_cross_attention_norm" if cfg.use_post_attn_norm else None)
 
         # 3. Feed-forward.
@@ -131,14 +119,11 @@ class Block(nn.Module):
 
     @staticmethod
     def _encoder_kv(attn: Attention, cache, new_cache, shared) -> tuple[Array, Array]:
-        """Encoder keys/values: from the cache when present, else projected (and cached); [B, K, S, H]
-        when decoding with a cache, else [B, S, K, H]."""
+        """Encoder keys/values [B, K, S, H]: from the cache when present, else projected (and cached)."""
         if cache is not None and "enc_k" in cache:
             enc_k, enc_v = cache["enc_k"], cache["enc_v"]
         else:
             enc_k, enc_v = attn.keys_values(shared["encoded"], None)
-            if cache is not None:
-                enc_k, enc_v = _heads_major(enc_k), _heads_major(enc_v)
         if new_cache is not None:
             new_cache.update(enc_k=enc_k, enc_v=enc_v)
         return enc_k, enc_v
