@@ -268,6 +268,13 @@ def empty_cache(config: TransformerConfig, batch_size: int, max_decode_length: i
     return {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
 
 
+def per_layer_cache(cache: dict) -> tuple:
+    """A stacked cache ([L, ...] leaves) as a tuple of L per-layer caches (what unscanned stacks carry
+    through a decoding loop)."""
+    num_layers = jax.tree.leaves(cache)[0].shape[0]
+    return tuple(jax.tree.map(lambda c, i=i: c[i], cache) for i in range(num_layers))
+
+
 def init_cache(
     model: EncoderDecoder,
     params: dict,
@@ -382,6 +389,12 @@ def _generate(
         {"params": params}, encoder_input_tokens, encoder_segment_ids, method=EncoderDecoder.encode
     )
     cache = init_cache(model, params, batch, max_decode_length, encoded, encoder_segment_ids, bos_id=bos_id)
+    cache_batch_axis = 1
+    if not config.decoder.scan_layers:
+        # One buffer per layer in the loop carry: each step updates them in place, where the stacked
+        # cache is sliced per layer and restacked (two copies of the whole cache per step).
+        cache = per_layer_cache(cache)
+        cache_batch_axis = 0
     ids = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     if method == "beam":
         # The decoder runs on the flattened beams: repeat the encoder outputs per beam.
@@ -398,7 +411,7 @@ def _generate(
             beam_size=beam_size,
             max_decode_length=max_decode_length,
             alpha=alpha,
-            cache_batch_axis=1,
+            cache_batch_axis=cache_batch_axis,
             **ids,
         )
         return seqs[:, 0]

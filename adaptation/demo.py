@@ -35,6 +35,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from adaptation import host_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATED_TASK = "demo_entail_text"
 GENERATED_LABEL = "generated entailment from pydoc text (RTE format, not RTE)"
@@ -228,19 +230,13 @@ def read_marker(run_dir: str, stage: str) -> Optional[dict]:
 
 
 def child_env(run_dir: str) -> dict:
-    """The stages' environment: one host CPU device (no emulated mesh; fastest on a small CPU), a JAX
-    compilation cache in the run directory (the scratch run, the second finetune and a second demo
-    reuse compiled steps), the repo importable, quiet TensorFlow."""
-    env = dict(os.environ)
+    """The stages' environment: `host_env.cpu_child_env` (one host CPU device, malloc on huge pages,
+    quiet TensorFlow), a JAX compilation cache in the run directory (the scratch run, the second
+    finetune and a second demo reuse compiled steps), the repo importable."""
+    env = host_env.cpu_child_env()
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(run_dir), "jax_cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-    if flags:
-        env["XLA_FLAGS"] = flags
-    else:
-        env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

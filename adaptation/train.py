@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from adaptation import gin_utils, partitioning
+from adaptation import gin_utils, host_env, partitioning
 from adaptation.checkpoints.train_state import (
     CheckpointConfig,
     IncompatibleCheckpointError,
@@ -183,6 +183,9 @@ def train(
 
     partitioning.initialize_distributed(distributed_config)
     mesh = partitioning.make_mesh(mesh_config)
+    if jax.default_backend() == "cpu" and "GLIBC_TUNABLES" not in os.environ:
+        logging.info("training on CPU: GLIBC_TUNABLES=%s makes steps faster (adaptation/host_env.py)",
+                     host_env.HUGE_PAGE_MALLOC)
     rules = mesh_config.rules
     partitioning.check_batch_size(train_dataset.batch_size, mesh)
     model = _build_model(model_config)

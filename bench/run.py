@@ -636,14 +636,11 @@ PART_FNS = {
 
 
 def _child_env() -> dict:
-    """One host device (the Makefile's 8 emulated devices would split the batch over 2 cores)."""
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-    if flags:
-        env["XLA_FLAGS"] = flags
-    else:
-        env.pop("XLA_FLAGS", None)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """`host_env.cpu_child_env` (one host device: the Makefile's 8 emulated devices would split the
+    batch over 2 cores; malloc on huge pages for every part, ours and transformers' alike)."""
+    from adaptation import host_env
+
+    env = host_env.cpu_child_env()
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

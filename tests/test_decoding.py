@@ -92,6 +92,17 @@ def test_merged_attention_greedy_is_the_argmax_of_the_full_forward():
     _assert_greedy_consistent(model, params, tokens)
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_generate_scanned_stacked_cache_equals_per_layer_cache(method):
+    # Unscanned decoders carry one cache per layer through the loop, scanned ones the stacked cache.
+    per_layer = decoding.generate(*_tiny(), ENC, max_decode_length=DEC.shape[1], method=method, beam_size=3)
+    stacked = decoding.generate(*_tiny(scan=True), ENC, max_decode_length=DEC.shape[1], method=method, beam_size=3)
+    np.testing.assert_array_equal(per_layer, stacked)
+    cache = {"k": jnp.arange(24.0).reshape(2, 3, 4)}
+    layers = decoding.per_layer_cache(cache)
+    assert len(layers) == 2 and np.array_equal(layers[1]["k"], cache["k"][1])
+
+
 def test_beam_one_and_top_k_one_sampling_equal_greedy():
     model, params = _tiny()
     length = DEC.shape[1]

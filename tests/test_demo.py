@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from adaptation import demo
+from adaptation import demo, host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("lm", "source_hf", "adapted", "ul2_adapted", "ul2_scratch", "finetune_adapted", "finetune_scratch",
@@ -68,6 +68,13 @@ def test_child_env_drops_the_emulated_devices(tmp_path, monkeypatch):
     assert env["XLA_FLAGS"] == "--xla_cpu_foo=1"
     assert env["JAX_COMPILATION_CACHE_DIR"].startswith(str(tmp_path))
     assert env["PYTHONPATH"].split(os.pathsep)[0] == REPO
+
+
+def test_child_env_puts_malloc_on_huge_pages_unless_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert demo.child_env(str(tmp_path))["GLIBC_TUNABLES"] == host_env.HUGE_PAGE_MALLOC
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert demo.child_env(str(tmp_path))["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
 
 
 def _stage(name, code, tmp_path, needs=()):

@@ -117,6 +117,13 @@ class FeedForward(nn.Module):
         return jnp.einsum("BTF,FD->BTD", h, down.astype(dt))
 
 
+def _heads_major(x: Array) -> Array:
+    """[B, T, heads, H] -> [B, heads, T, H]. One position (a decoding step) is a reshape: as a
+    transpose, XLA lays the projection out heads-major and transposes its weight at every step."""
+    b, t, n, h = x.shape
+    return x.reshape(b, n, t, h) if t == 1 else jnp.swapaxes(x, 1, 2)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with optional QK-norm, RoPE and logit soft-cap.
 
@@ -149,7 +156,7 @@ class Attention(nn.Module):
     def queries(self, x: Array, rope: Optional[tuple[Array, Array]]) -> Array:
         """[B, T, D] -> [B, N, T, H] queries, normed, rotated (when `rope` is given) and scaled."""
         cfg = self.config
-        q = jnp.einsum("BTD,DNH->BNTH", x, self.q.astype(cfg.compute_dtype))
+        q = _heads_major(jnp.einsum("BTD,DNH->BTNH", x, self.q.astype(cfg.compute_dtype)))
         if cfg.use_qk_norm:
             q = self.query_norm(q)
         if rope is not None:
@@ -161,8 +168,8 @@ class Attention(nn.Module):
         """[B, S, kv_dim] -> keys and values [B, K, S, H]; keys normed and rotated when `rope` is given."""
         cfg = self.config
         dt = cfg.compute_dtype
-        k = jnp.einsum("BSE,EKH->BKSH", y.astype(dt), self.k.astype(dt))
-        v = jnp.einsum("BSE,EKH->BKSH", y.astype(dt), self.v.astype(dt))
+        k = _heads_major(jnp.einsum("BSE,EKH->BSKH", y.astype(dt), self.k.astype(dt)))
+        v = _heads_major(jnp.einsum("BSE,EKH->BSKH", y.astype(dt), self.v.astype(dt)))
         if cfg.use_qk_norm:
             k = self.key_norm(k)
         if rope is not None:

@@ -54,7 +54,9 @@ class Stack(nn.Module):
           segment_ids, positions: [B, T] (see `models.masks`).
           encoded, encoder_segment_ids: encoder outputs [B, S, E] and their segment ids, for
             decoders with cross- or merged attention.
-          cache: per-layer caches stacked on a leading layer axis (see `Block`), or None.
+          cache: per-layer caches (see `Block`) stacked on a leading layer axis, or None; unscanned
+            stacks also take a tuple with one cache per layer (returned as a tuple: decoding loops
+            carry it so that no step slices or restacks the whole cache).
           decode_index: where the T new tokens start in the self-attention cache; None when the
             cache holds no self-attention keys/values.
           deterministic: disables dropout.
@@ -81,14 +83,21 @@ class Stack(nn.Module):
             )
             x, new_cache = scanned(cfg, deterministic, name="layers")(x, (is_local, cache), shared)
         else:
+            per_layer = isinstance(cache, tuple)
             layer_caches = []
             for i, kind in enumerate(kinds):
-                layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+                if cache is None or per_layer:
+                    layer_cache = None if cache is None else cache[i]
+                else:
+                    layer_cache = jax.tree.map(lambda c, i=i: c[i], cache)
                 x, layer_cache = block(cfg, deterministic, kind, name=f"layers_{i}")(
                     x, (None, layer_cache), shared
                 )
                 layer_caches.append(layer_cache)
-            new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *layer_caches)
+            if cache is None or per_layer:
+                new_cache = None if cache is None else tuple(layer_caches)
+            else:
+                new_cache = jax.tree.map(lambda *c: jnp.stack(c), *layer_caches)
         x = RMSNorm(cfg.norm_eps, cfg.weight_dtype, name="final_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return x, new_cache
@@ -99,7 +108,7 @@ class Stack(nn.Module):
         if decode_index is not None:
             # Keys are the cache slots; those before decode_index + T are filled.
             batch, length = segment_ids.shape
-            max_length = cache["k"].shape[3]  # [L, B, K, S_max, H]
+            max_length = (cache[0] if isinstance(cache, tuple) else cache)["k"].shape[-2]  # [(L,) B, K, S_max, H]
             key_positions = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32), (batch, max_length))
             key_segments = (key_positions < decode_index + length).astype(jnp.int32)
         else:
