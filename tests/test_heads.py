@@ -186,7 +186,8 @@ def test_head_dropout_and_residual_dropout():
         return det, drop, drop2
 
     det, drop, drop2 = run(params, jax.random.PRNGKey(3))
-    np.testing.assert_allclose(np.asarray(det), np.asarray(_apply(model, params, tokens)), atol=1e-6)
+    # Same model and inputs; XLA fuses the two programs differently (float32 reassociation).
+    np.testing.assert_allclose(np.asarray(det), np.asarray(_apply(model, params, tokens)), rtol=1e-5, atol=1e-6)
     assert np.abs(np.asarray(drop) - np.asarray(det)).max() > 1e-4
     assert np.abs(np.asarray(drop2) - np.asarray(det)).max() > 1e-4
 
