@@ -86,16 +86,20 @@ class Stack(nn.Module):
             per_layer = isinstance(cache, tuple)
             layer_caches = []
             for i, kind in enumerate(kinds):
-                if cache is None or per_layer:
-                    layer_cache = None if cache is None else cache[i]
+                if cache is None:
+                    layer_cache = None
+                elif per_layer:
+                    layer_cache = cache[i]
                 else:
                     layer_cache = jax.tree.map(lambda c, i=i: c[i], cache)
                 x, layer_cache = block(cfg, deterministic, kind, name=f"layers_{i}")(
                     x, (None, layer_cache), shared
                 )
                 layer_caches.append(layer_cache)
-            if cache is None or per_layer:
-                new_cache = None if cache is None else tuple(layer_caches)
+            if cache is None:
+                new_cache = None
+            elif per_layer:
+                new_cache = tuple(layer_caches)
             else:
                 new_cache = jax.tree.map(lambda *c: jnp.stack(c), *layer_caches)
         x = RMSNorm(cfg.norm_eps, cfg.weight_dtype, name="final_norm")(x)
