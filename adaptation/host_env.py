@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Optional
 
 HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
 _FORCED_DEVICES = re.compile(r"--xla_force_host_platform_device_count=\d+")
 
 
-def cpu_child_env(base: Optional[Mapping[str, str]] = None) -> dict:
-    """A child process's environment: `base` (default `os.environ`) without the emulated host device
-    count, with malloc on huge pages unless GLIBC_TUNABLES is set, and TensorFlow's C++ logs quiet."""
-    env = dict(os.environ if base is None else base)
+def cpu_child_env() -> dict:
+    """A child process's environment: `os.environ` without the emulated host device count, with malloc
+    on huge pages unless GLIBC_TUNABLES is set, and TensorFlow's C++ logs quiet."""
+    env = dict(os.environ)
     flags = _FORCED_DEVICES.sub("", env.get("XLA_FLAGS", "")).strip()
     if flags:
         env["XLA_FLAGS"] = flags
